@@ -1,0 +1,1 @@
+"""fastorals benchmark suites. Run ``python -m benchmarks.run --help``."""
