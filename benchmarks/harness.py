@@ -244,7 +244,6 @@ def measure_limits(device: str, mode: str = "full") -> dict[str, float]:
     dst = torch.empty_like(src)
     t_cp = statistics.median(timer(lambda: dst.copy_(src), max_time_s=0.3 if small else 1.5))
     gbps = 2 * numel * 4 / t_cp / 1e9
-    del a, b, src, dst
     _LIMITS[key] = {"gflops": gflops, "gbps": gbps, "mm_n": float(n), "copy_mib": numel * 4 / 2**20}
     return _LIMITS[key]
 

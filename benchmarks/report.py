@@ -19,7 +19,7 @@ def _fmt(x: Optional[float], digits: int = 3) -> str:
 def markdown_table(rows: list[dict[str, Any]], title: str = "") -> str:
     """One table per suite: time, ratios vs reference and peers, % of the machine limit."""
     out = [f"# {title}\n"] if title else []
-    suites: "OrderedDict[str, list[dict[str, Any]]]" = OrderedDict()
+    suites: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
     for r in rows:
         suites.setdefault(r["suite"], []).append(r)
     for suite, rs in suites.items():
@@ -54,7 +54,7 @@ def plot_suite(rows: list[dict[str, Any]], path: str, title: str) -> Optional[st
     timed = [r for r in rows if r.get("median_ms")]
     if not timed:
         return None
-    groups: "OrderedDict[str, list[dict[str, Any]]]" = OrderedDict()
+    groups: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
     for r in timed:
         groups.setdefault(f"{r['case']} {r['shape']} {r['dtype']}", []).append(r)
     colors = {"fast": "#1f77b4", "reference": "#7f7f7f", "peer": "#d62728"}

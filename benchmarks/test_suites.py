@@ -16,7 +16,7 @@ def _params():
     out = []
     for name, suite in discover().items():
         for i, case in enumerate(harness.iter_cases(suite, MODE, "cpu")):
-            for impl, kind, fn in case.impls():
+            for impl, _kind, fn in case.impls():
                 if impl in case.skip:
                     continue
                 out.append(pytest.param(case, impl, fn, id=f"{name}-{case.name or case.op}-{i}-{impl}"))

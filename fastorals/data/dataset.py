@@ -47,11 +47,11 @@ class ImageDataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def subset(self, index: Union[torch.Tensor, slice]) -> "ImageDataset":
+    def subset(self, index: Union[torch.Tensor, slice]) -> ImageDataset:
         """Rows ``index`` (a LongTensor of indices, a bool mask or a slice) as a new dataset."""
         return ImageDataset(self.images[index], self.labels[index], list(self.classes))
 
-    def to(self, device: Union[str, torch.device]) -> "ImageDataset":
+    def to(self, device: Union[str, torch.device]) -> ImageDataset:
         return ImageDataset(self.images.to(device), self.labels.to(device), list(self.classes))
 
     def class_counts(self) -> torch.Tensor:

@@ -77,8 +77,8 @@ def group_accuracy(
 ) -> dict[str, float]:
     """Mean per-class accuracy within each group, plus "all" (mean over classes)."""
     predictions, labels = predictions.cpu(), labels.cpu()
-    correct = torch.zeros(num_classes).index_add_(0, labels, (predictions == labels).float())
-    total = torch.bincount(labels, minlength=num_classes).float()
+    correct = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, (predictions == labels).double())
+    total = torch.bincount(labels, minlength=num_classes).double()
     per_class = correct / total.clamp_min(1)
     present = total > 0
     out = {"all": float(per_class[present].mean()) if present.any() else float("nan")}
