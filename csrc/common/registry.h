@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+namespace py = pybind11;
+
 namespace fastorals {
 
 using Registrar = void (*)(pybind11::module_&);
