@@ -1,0 +1,956 @@
+// Per-image augmentation engine (see engine.h). Pillow's arithmetic is reproduced exactly:
+// float32 where Pillow uses float, double where it uses double, the same fixed point, and no
+// fused multiply-add (Pillow's x86-64 builds have none), hence fp-contract=off below.
+#include "augment/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "common/simd.h"
+
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+namespace fastorals::augment {
+
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+
+inline uint8_t clip8f(float v) {  // Filter.c clip8: clamp, then truncate
+  v = v < 0.0f ? 0.0f : v;
+  v = v > 255.0f ? 255.0f : v;
+  return static_cast<uint8_t>(v);
+}
+
+// ImagingBlend(in1, in2, alpha): in1 + alpha * (in2 - in1) in float, truncated; clipped when
+// alpha is outside [0, 1] (inside, the value cannot leave [0, 255]).
+inline uint8_t blend_px(int in1, int in2, float alpha) {
+  float t = static_cast<float>(in1) + alpha * static_cast<float>(in2 - in1);
+  if (t <= 0.0f) return 0;
+  if (t >= 255.0f) return 255;
+  return static_cast<uint8_t>(t);
+}
+
+inline int gray_l(int r, int g, int b) {  // Convert.c rgb2l (L24)
+  return (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16;
+}
+
+// Python's float % 360.0
+inline double py_mod360(double v) {
+  double m = std::fmod(v, 360.0);
+  if (m != 0.0) {
+    if (m < 0.0) m += 360.0;
+  } else {
+    m = 0.0;
+  }
+  return m;
+}
+
+// Python's round(x, 15): correctly rounded decimal, back to the nearest double.
+inline double py_round15(double x) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.15f", x);
+  return std::strtod(buf, nullptr);
+}
+
+inline int pil_floor(double v) { return v < 0.0 ? static_cast<int>(std::floor(v)) : static_cast<int>(v); }
+inline int pil_coord(double v) { return v < 0.0 ? -1 : static_cast<int>(v); }
+
+inline double sinc(double x) {
+  if (x == 0.0) return 1.0;
+  x = x * kPi;
+  return std::sin(x) / x;
+}
+inline double lanczos(double x) {
+  if (-3.0 <= x && x < 3.0) return sinc(x) * sinc(x / 3);
+  return 0.0;
+}
+
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+inline uint8_t clip8i(int v) {  // Resample.c clip8: lookup of v >> 22 in [-640, 639]
+  int t = v >> kPrecisionBits;
+  return static_cast<uint8_t>(t < 0 ? 0 : (t > 255 ? 255 : t));
+}
+
+// Resample.c precompute_coeffs + normalize_coeffs_8bpc for outputs [o0, o0 + count) of a
+// LANCZOS resize inSize -> outSize. bounds[2i] = first input, bounds[2i+1] = taps (-1: the
+// output lies outside [0, outSize) and is filled with 0). Returns ksize.
+int lanczos_coeffs(int in_size, int out_size, int o0, int count, std::vector<int32_t>& bounds,
+                   std::vector<int32_t>& kk, std::vector<double>& kd) {
+  const float in0 = 0.0f, in1 = static_cast<float>(in_size);
+  double scale = static_cast<double>(in1 - in0) / out_size;
+  double filterscale = scale < 1.0 ? 1.0 : scale;
+  double support = 3.0 * filterscale;
+  int ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+  bounds.assign(size_t(count) * 2, 0);
+  kk.assign(size_t(count) * ksize, 0);
+  kd.assign(size_t(ksize), 0.0);
+  for (int i = 0; i < count; ++i) {
+    int xx = o0 + i;
+    if (xx < 0 || xx >= out_size) {
+      bounds[2 * i] = 0;
+      bounds[2 * i + 1] = -1;
+      continue;
+    }
+    double center = in0 + (xx + 0.5) * scale;
+    double ww = 0.0;
+    double ss = 1.0 / filterscale;
+    int xmin = static_cast<int>(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = static_cast<int>(center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    for (int x = 0; x < xmax; ++x) {
+      double w = lanczos((x + xmin - center + 0.5) * ss);
+      kd[x] = w;
+      ww += w;
+    }
+    for (int x = 0; x < xmax; ++x) {
+      if (ww != 0.0) kd[x] /= ww;
+    }
+    int32_t* k = &kk[size_t(i) * ksize];
+    for (int x = 0; x < xmax; ++x) {
+      k[x] = kd[x] < 0 ? static_cast<int>(-0.5 + kd[x] * (1 << kPrecisionBits))
+                       : static_cast<int>(0.5 + kd[x] * (1 << kPrecisionBits));
+    }
+    bounds[2 * i] = xmin;
+    bounds[2 * i + 1] = xmax;
+  }
+  return ksize;
+}
+
+// BoxBlur.c _gaussian_blur_radius (float arithmetic, sqrt/floor in double).
+float gaussian_box_radius(float radius, int passes) {
+  float sigma2, L, l, a;
+  sigma2 = radius * radius / passes;
+  L = static_cast<float>(std::sqrt(12.0 * sigma2 + 1.0));
+  l = static_cast<float>(std::floor((L - 1.0) / 2.0));
+  a = (2 * l + 1) * (l * (l + 1) - 3 * sigma2);
+  a /= 6 * (sigma2 - (l + 1) * (l + 1));
+  return l + a;
+}
+
+// ---------------------------------------------------------------- vectorizable row kernels
+
+FASTORALS_CLONES void filter_row(const float* FASTORALS_RESTRICT a, const float* FASTORALS_RESTRICT b,
+                                 const float* FASTORALS_RESTRICT c, const float* FASTORALS_RESTRICT k,
+                                 uint8_t* FASTORALS_RESTRICT out, int W) {
+  // a: row y+1 (kernel[0..2]), b: row y (kernel[3..5]), c: row y-1 (kernel[6..8])
+  const float k0 = k[0], k1 = k[1], k2 = k[2], k3 = k[3], k4 = k[4], k5 = k[5], k6 = k[6], k7 = k[7], k8 = k[8];
+  for (int x = 1; x < W - 1; ++x) {
+    float ss = 0.5f;
+    ss += (a[x - 1] * k0 + a[x] * k1) + a[x + 1] * k2;
+    ss += (b[x - 1] * k3 + b[x] * k4) + b[x + 1] * k5;
+    ss += (c[x - 1] * k6 + c[x] * k7) + c[x + 1] * k8;
+    ss = ss < 0.0f ? 0.0f : ss;
+    ss = ss > 255.0f ? 255.0f : ss;
+    out[x] = static_cast<uint8_t>(ss);
+  }
+}
+
+FASTORALS_CLONES void sharpen_row(const float* FASTORALS_RESTRICT a, const float* FASTORALS_RESTRICT b,
+                                  const float* FASTORALS_RESTRICT c, float alpha, uint8_t* FASTORALS_RESTRICT out,
+                                  int W) {
+  // SMOOTH (1 1 1 / 1 5 1 / 1 1 1) / 13 gives the degenerate image, then blend(degenerate, image, alpha)
+  const float k1 = 1.0f / 13.0f, k5 = 5.0f / 13.0f;
+  for (int x = 1; x < W - 1; ++x) {
+    float ss = 0.5f;
+    ss += (a[x - 1] * k1 + a[x] * k1) + a[x + 1] * k1;
+    ss += (b[x - 1] * k1 + b[x] * k5) + b[x + 1] * k1;
+    ss += (c[x - 1] * k1 + c[x] * k1) + c[x + 1] * k1;
+    ss = ss < 0.0f ? 0.0f : ss;
+    ss = ss > 255.0f ? 255.0f : ss;
+    float d = static_cast<float>(static_cast<int>(ss));
+    float t = d + alpha * (b[x] - d);
+    t = t < 0.0f ? 0.0f : t;
+    t = t > 255.0f ? 255.0f : t;
+    out[x] = static_cast<uint8_t>(t);
+  }
+}
+
+// One pass of Pillow's box blur along the rows of an n x m plane (each column independently):
+// acc = sum of src[clamp(i-r .. i+r)], out = (acc * ww + (src[clamp(i-r-1)] + src[clamp(i+r+1)]) * fw
+// + 2^23) >> 24, all in uint32 as ImagingLineBoxBlur8.
+FASTORALS_CLONES void box_pass(const uint8_t* FASTORALS_RESTRICT src, uint8_t* FASTORALS_RESTRICT dst, int n, int m,
+                               int r, uint32_t ww, uint32_t fw, uint32_t* FASTORALS_RESTRICT acc) {
+  const int64_t M = m;
+  for (int j = 0; j < m; ++j) acc[j] = uint32_t(src[j]) * uint32_t(r + 1);
+  int direct = std::min(r, n);  // rows 0 .. r-1, clamped
+  for (int i = 0; i < direct; ++i) {
+    const uint8_t* row = src + i * M;
+    for (int j = 0; j < m; ++j) acc[j] += row[j];
+  }
+  if (r > n) {
+    const uint8_t* last = src + (n - 1) * M;
+    uint32_t times = uint32_t(r - n);
+    for (int j = 0; j < m; ++j) acc[j] += uint32_t(last[j]) * times;
+  }
+  for (int i = 0; i < n; ++i) {
+    const uint8_t* add = src + std::min(i + r, n - 1) * M;
+    const uint8_t* sub = src + std::max(i - r - 1, 0) * M;
+    const uint8_t* far = src + std::min(i + r + 1, n - 1) * M;
+    uint8_t* o = dst + i * M;
+    for (int j = 0; j < m; ++j) {
+      uint32_t a = acc[j] + uint32_t(add[j]) - uint32_t(sub[j]);
+      acc[j] = a;
+      uint32_t bulk = a * ww + (uint32_t(sub[j]) + uint32_t(far[j])) * fw;
+      o[j] = static_cast<uint8_t>((bulk + (1u << 23)) >> 24);
+    }
+  }
+}
+
+void transpose_u8(const uint8_t* src, uint8_t* dst, int n, int m) {  // src n x m -> dst m x n
+  constexpr int B = 16;
+  for (int i0 = 0; i0 < n; i0 += B) {
+    int i1 = std::min(i0 + B, n);
+    for (int j0 = 0; j0 < m; j0 += B) {
+      int j1 = std::min(j0 + B, m);
+      for (int i = i0; i < i1; ++i)
+        for (int j = j0; j < j1; ++j) dst[int64_t(j) * n + i] = src[int64_t(i) * m + j];
+    }
+  }
+}
+
+// Vertical Lanczos pass for one output row: out[x] = clip8(2^21 + sum_t tmp[ymin + t][x] * k[t]).
+FASTORALS_CLONES void resample_vrow(const uint8_t* FASTORALS_RESTRICT tmp, int64_t stride, int ymin, int taps,
+                                    const int32_t* FASTORALS_RESTRICT k, uint8_t* FASTORALS_RESTRICT out, int W) {
+  for (int x = 0; x < W; ++x) {
+    int ss = 1 << (kPrecisionBits - 1);
+    for (int t = 0; t < taps; ++t) ss += int(tmp[(ymin + t) * stride + x]) * k[t];
+    out[x] = clip8i(ss);
+  }
+}
+
+FASTORALS_CLONES void lut_row(const uint8_t* FASTORALS_RESTRICT in, const uint8_t* FASTORALS_RESTRICT lut,
+                              uint8_t* FASTORALS_RESTRICT out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = lut[in[i]];
+}
+
+FASTORALS_CLONES void u8_to_f32_row(const uint8_t* FASTORALS_RESTRICT in, float* FASTORALS_RESTRICT out, int n) {
+  for (int i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- scratch
+
+void Scratch::reserve(int C, int H, int W) {
+  size_t n = size_t(C) * H * W, p = size_t(H) * W;
+  for (auto& b : img)
+    if (b.size() < n) b.resize(n);
+  for (auto& b : plane)
+    if (b.size() < p) b.resize(p);
+  size_t side = size_t(std::max(H, W));
+  if (frows.size() < 3 * side + 3) frows.resize(3 * side + 3);
+  if (acc.size() < side) acc.resize(side);
+  if (idx.size() < side) idx.resize(side);
+}
+
+// ---------------------------------------------------------------- state
+
+uint8_t* Engine::next() { return s_.img[which_ == 0 ? 1 : 0].data(); }
+
+void Engine::commit(uint8_t* buf, bool lut_applied) {
+  cur_ = buf;
+  which_ = buf == s_.img[0].data() ? 0 : 1;
+  hist_ok_ = false;
+  if (lut_applied) reset_lut();
+}
+
+void Engine::reset_lut() {
+  for (int c = 0; c < C_; ++c)
+    for (int v = 0; v < 256; ++v) lut_[c][v] = static_cast<uint8_t>(v);
+  lut_id_ = true;
+}
+
+void Engine::flush() {
+  if (lut_id_) return;
+  uint8_t* out = next();
+  for (int c = 0; c < C_; ++c) lut_row(plane(c), lut_[c], out + c * HW_, HW_);
+  bool had = hist_ok_;
+  uint32_t pushed[3][256];
+  if (had) {
+    for (int c = 0; c < C_; ++c) cur_hist(c, pushed[c]);
+  }
+  commit(out, true);
+  if (had) {
+    std::memcpy(hist_, pushed, sizeof(pushed));
+    hist_ok_ = true;
+  }
+}
+
+void Engine::base_hist() {
+  if (hist_ok_) return;
+  for (int c = 0; c < C_; ++c) {
+    uint32_t h4[4][256];
+    std::memset(h4, 0, sizeof(h4));
+    const uint8_t* p = plane(c);
+    int64_t i = 0;
+    for (; i + 4 <= HW_; i += 4) {
+      ++h4[0][p[i]];
+      ++h4[1][p[i + 1]];
+      ++h4[2][p[i + 2]];
+      ++h4[3][p[i + 3]];
+    }
+    for (; i < HW_; ++i) ++h4[0][p[i]];
+    for (int v = 0; v < 256; ++v) hist_[c][v] = h4[0][v] + h4[1][v] + h4[2][v] + h4[3][v];
+  }
+  hist_ok_ = true;
+}
+
+void Engine::cur_hist(int c, uint32_t* h) {
+  base_hist();
+  if (lut_id_) {
+    std::memcpy(h, hist_[c], 256 * sizeof(uint32_t));
+    return;
+  }
+  std::memset(h, 0, 256 * sizeof(uint32_t));
+  for (int v = 0; v < 256; ++v) h[lut_[c][v]] += hist_[c][v];
+}
+
+void Engine::compose(int c, const uint8_t* f) {
+  for (int v = 0; v < 256; ++v) lut_[c][v] = f[lut_[c][v]];
+  lut_id_ = false;
+}
+
+void Engine::compose_all(const uint8_t* f) {
+  for (int c = 0; c < C_; ++c) compose(c, f);
+}
+
+// ---------------------------------------------------------------- load / store
+
+void Engine::load(const uint8_t* src, int dy, int dx, bool flip) {
+  reset_lut();
+  hist_ok_ = false;
+  if (dy == 0 && dx == 0 && !flip) {
+    cur_ = src;
+    which_ = -1;
+    return;
+  }
+  uint8_t* out = s_.img[0].data();
+  for (int c = 0; c < C_; ++c) {
+    for (int y = 0; y < H_; ++y) {
+      uint8_t* o = out + c * HW_ + int64_t(y) * W_;
+      int sy = y + dy;
+      if (sy < 0 || sy >= H_) {
+        std::memset(o, 0, size_t(W_));
+        continue;
+      }
+      const uint8_t* r = src + c * HW_ + int64_t(sy) * W_;
+      // crop: t[x] = r[x + dx] (0 outside); output o[x] = t[flip ? W-1-x : x]
+      int x0 = std::max(0, -dx), x1 = std::min(W_, W_ - dx);  // valid range of x in t
+      if (x1 <= x0) {
+        std::memset(o, 0, size_t(W_));
+        continue;
+      }
+      if (!flip) {
+        std::memset(o, 0, size_t(x0));
+        std::memcpy(o + x0, r + x0 + dx, size_t(x1 - x0));
+        std::memset(o + x1, 0, size_t(W_ - x1));
+      } else {
+        for (int x = 0; x < W_; ++x) {
+          int t = W_ - 1 - x;
+          o[x] = (t >= x0 && t < x1) ? r[t + dx] : 0;
+        }
+      }
+    }
+  }
+  which_ = 0;
+  cur_ = out;
+}
+
+void Engine::store_u8(uint8_t* out, const int32_t* cut) {
+  for (int c = 0; c < C_; ++c) {
+    if (lut_id_)
+      std::memcpy(out + c * HW_, plane(c), size_t(HW_));
+    else
+      lut_row(plane(c), lut_[c], out + c * HW_, HW_);
+  }
+  int y1 = std::max(cut[0], 0), y2 = std::min(cut[1], H_), x1 = std::max(cut[2], 0), x2 = std::min(cut[3], W_);
+  if (y1 < y2 && x1 < x2) {
+    for (int c = 0; c < C_; ++c)
+      for (int y = y1; y < y2; ++y) std::memset(out + c * HW_ + int64_t(y) * W_ + x1, 0, size_t(x2 - x1));
+  }
+}
+
+void Engine::store_f32(float* out, const int32_t* cut, const float* mean, const float* std) {
+  for (int c = 0; c < C_; ++c) {
+    float table[256];
+    const float m = mean[c], sd = std[c];
+    for (int v = 0; v < 256; ++v) {
+      float x = static_cast<float>(lut_[c][v]) / 255.0f;  // ToTensor
+      table[v] = (x - m) / sd;                              // Normalize
+    }
+    const uint8_t* p = plane(c);
+    float* o = out + c * HW_;
+    for (int64_t i = 0; i < HW_; ++i) o[i] = table[p[i]];
+  }
+  int y1 = std::max(cut[0], 0), y2 = std::min(cut[1], H_), x1 = std::max(cut[2], 0), x2 = std::min(cut[3], W_);
+  if (y1 < y2 && x1 < x2) {
+    for (int c = 0; c < C_; ++c) {
+      const float fill = (0.0f - mean[c]) / std[c];
+      for (int y = y1; y < y2; ++y) {
+        float* o = out + c * HW_ + int64_t(y) * W_;
+        for (int x = x1; x < x2; ++x) o[x] = fill;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- dispatch
+
+void Engine::apply(int op, double v) {
+  switch (op) {
+    case kFlip:
+      flip_ud();
+      return;
+    case kMirror:
+      mirror();
+      return;
+    case kEdgeEnhance: {
+      const float d = 2.0f;
+      const float k[9] = {-1 / d, -1 / d, -1 / d, -1 / d, 10 / d, -1 / d, -1 / d, -1 / d, -1 / d};
+      filter3x3(k);
+      return;
+    }
+    case kDetail: {
+      const float d = 6.0f;
+      const float k[9] = {0 / d, -1 / d, 0 / d, -1 / d, 10 / d, -1 / d, 0 / d, -1 / d, 0 / d};
+      filter3x3(k);
+      return;
+    }
+    case kSmooth: {
+      const float d = 13.0f;
+      const float k[9] = {1 / d, 1 / d, 1 / d, 1 / d, 5 / d, 1 / d, 1 / d, 1 / d, 1 / d};
+      filter3x3(k);
+      return;
+    }
+    case kAutoContrast:
+      autocontrast();
+      return;
+    case kEqualize:
+      equalize();
+      return;
+    case kInvert: {
+      uint8_t f[256];
+      for (int i = 0; i < 256; ++i) f[i] = static_cast<uint8_t>(255 - i);
+      compose_all(f);
+      return;
+    }
+    case kGaussianBlur:
+      gaussian_blur(static_cast<float>(v));
+      return;
+    case kResizeCrop:
+      resize_crop(v);
+      return;
+    case kRotate:
+      rotate(v);
+      return;
+    case kPosterize: {
+      double fb = std::floor(v);
+      int bits = fb < 1.0 ? 1 : (fb > 8.0 ? 8 : static_cast<int>(fb));
+      int mask = ~((1 << (8 - bits)) - 1) & 0xFF;
+      uint8_t f[256];
+      for (int i = 0; i < 256; ++i) f[i] = static_cast<uint8_t>(i & mask);
+      compose_all(f);
+      return;
+    }
+    case kSolarize: {
+      uint8_t f[256];
+      for (int i = 0; i < 256; ++i) f[i] = static_cast<uint8_t>(static_cast<double>(i) < v ? i : 255 - i);
+      compose_all(f);
+      return;
+    }
+    case kSolarizeAdd: {
+      uint8_t f[256];
+      for (int i = 0; i < 256; ++i) {
+        double t = static_cast<double>(i) + v;
+        t = t < 0.0 ? 0.0 : (t > 255.0 ? 255.0 : t);
+        int w = static_cast<int>(t);
+        f[i] = static_cast<uint8_t>(w < 128 ? w : 255 - w);
+      }
+      compose_all(f);
+      return;
+    }
+    case kColor:
+      color(static_cast<float>(v));
+      return;
+    case kContrast:
+      contrast(static_cast<float>(v));
+      return;
+    case kBrightness: {
+      const float a = static_cast<float>(v);
+      uint8_t f[256];
+      for (int i = 0; i < 256; ++i) f[i] = blend_px(0, i, a);
+      compose_all(f);
+      return;
+    }
+    case kSharpness:
+      sharpness(static_cast<float>(v));
+      return;
+    case kShearX: {
+      const double a[6] = {1, v, 0, 0, 1, 0};
+      affine(a);
+      return;
+    }
+    case kShearY: {
+      const double a[6] = {1, 0, 0, v, 1, 0};
+      affine(a);
+      return;
+    }
+    case kTranslateX: {
+      const double a[6] = {1, 0, v, 0, 1, 0};
+      affine(a);
+      return;
+    }
+    case kTranslateY: {
+      const double a[6] = {1, 0, 0, 0, 1, v};
+      affine(a);
+      return;
+    }
+    default:
+      return;  // -1 (none); unknown ids are rejected before the kernel runs
+  }
+}
+
+// ---------------------------------------------------------------- geometric
+
+void Engine::flip_ud() {
+  uint8_t* out = next();
+  for (int c = 0; c < C_; ++c)
+    for (int y = 0; y < H_; ++y) {
+      const uint8_t* r = plane(c) + int64_t(H_ - 1 - y) * W_;
+      uint8_t* o = out + c * HW_ + int64_t(y) * W_;
+      if (lut_id_)
+        std::memcpy(o, r, size_t(W_));
+      else
+        lut_row(r, lut_[c], o, W_);
+    }
+  commit(out, true);
+}
+
+void Engine::mirror() {
+  uint8_t* out = next();
+  for (int c = 0; c < C_; ++c) {
+    const uint8_t* L = lut_[c];
+    for (int y = 0; y < H_; ++y) {
+      const uint8_t* r = plane(c) + int64_t(y) * W_;
+      uint8_t* o = out + c * HW_ + int64_t(y) * W_;
+      for (int x = 0; x < W_; ++x) o[x] = L[r[W_ - 1 - x]];
+    }
+  }
+  commit(out, true);
+}
+
+void Engine::transpose_op(int kind) {  // 180, 90 (square), 270 (square)
+  uint8_t* out = next();
+  for (int c = 0; c < C_; ++c) {
+    const uint8_t* p = plane(c);
+    const uint8_t* L = lut_[c];
+    uint8_t* o = out + c * HW_;
+    for (int y = 0; y < H_; ++y)
+      for (int x = 0; x < W_; ++x) {
+        int sy, sx;
+        if (kind == 180) {
+          sy = H_ - 1 - y;
+          sx = W_ - 1 - x;
+        } else if (kind == 90) {
+          sy = x;
+          sx = W_ - 1 - y;
+        } else {
+          sy = H_ - 1 - x;
+          sx = y;
+        }
+        o[int64_t(y) * W_ + x] = L[p[int64_t(sy) * W_ + sx]];
+      }
+  }
+  commit(out, true);
+}
+
+void Engine::rotate(double angle) {
+  angle = py_mod360(angle);
+  if (angle == 0.0) return;
+  if (angle == 180.0) {
+    transpose_op(180);
+    return;
+  }
+  if ((angle == 90.0 || angle == 270.0) && W_ == H_) {
+    transpose_op(angle == 90.0 ? 90 : 270);
+    return;
+  }
+  const double cx = W_ / 2.0, cy = H_ / 2.0;
+  const double rad = -(angle * (kPi / 180.0));
+  double m[6] = {py_round15(std::cos(rad)), py_round15(std::sin(rad)), 0.0,
+                 py_round15(-std::sin(rad)), py_round15(std::cos(rad)), 0.0};
+  const double x = -cx - 0, y = -cy - 0;
+  double t2 = m[0] * x + m[1] * y + m[2];
+  double t5 = m[3] * x + m[4] * y + m[5];
+  m[2] = t2 + cx;
+  m[5] = t5 + cy;
+  affine(m);
+}
+
+void Engine::affine(const double* a) {
+  uint8_t* out = next();
+  int32_t* idx = s_.idx.data();
+  const int W = W_, H = H_;
+  auto emit_row = [&](int y) {
+    for (int c = 0; c < C_; ++c) {
+      const uint8_t* p = plane(c);
+      const uint8_t* L = lut_[c];
+      uint8_t* o = out + c * HW_ + int64_t(y) * W;
+      for (int x = 0; x < W; ++x) o[x] = idx[x] >= 0 ? L[p[idx[x]]] : 0;
+    }
+  };
+  if (a[1] == 0 && a[3] == 0) {
+    // ImagingScaleAffine: pretabulated x positions, double accumulation
+    std::vector<int32_t>& xintab = s_.bounds;
+    xintab.assign(size_t(W), 0);
+    double xo = a[2] + a[0] * 0.5;
+    double yo = a[5] + a[4] * 0.5;
+    int xmin = W, xmax = 0;
+    for (int x = 0; x < W; ++x) {
+      int xin = pil_coord(xo);
+      if (xin >= 0 && xin < W) {
+        xmax = x + 1;
+        if (x < xmin) xmin = x;
+        xintab[x] = xin;
+      }
+      xo += a[0];
+    }
+    for (int y = 0; y < H; ++y) {
+      int yi = pil_coord(yo);
+      for (int x = 0; x < W; ++x) idx[x] = -1;
+      if (yi >= 0 && yi < H) {
+        for (int x = xmin; x < xmax; ++x) idx[x] = yi * W + xintab[x];
+      }
+      emit_row(y);
+      yo += a[4];
+    }
+    commit(out, true);
+    return;
+  }
+  auto check_fixed = [&](int x, int y) {
+    return std::fabs(x * a[0] + y * a[1] + a[2]) < 32768.0 && std::fabs(x * a[3] + y * a[4] + a[5]) < 32768.0;
+  };
+  if (check_fixed(0, 0) && check_fixed(W, H) && check_fixed(0, H) && check_fixed(W, 0)) {
+    // affine_fixed: 16.16 fixed point
+    auto fix = [](double v) { return pil_floor(v * 65536.0 + 0.5); };
+    int a0 = fix(a[0]), a1 = fix(a[1]), a3 = fix(a[3]), a4 = fix(a[4]);
+    int a2 = fix(a[2] + a[0] * 0.5 + a[1] * 0.5);
+    int a5 = fix(a[5] + a[3] * 0.5 + a[4] * 0.5);
+    for (int y = 0; y < H; ++y) {
+      int xx = a2, yy = a5;
+      for (int x = 0; x < W; ++x) {
+        int xin = xx >> 16, yin = yy >> 16;
+        idx[x] = (xin >= 0 && xin < W && yin >= 0 && yin < H) ? yin * W + xin : -1;
+        xx += a0;
+        yy += a3;
+      }
+      emit_row(y);
+      a2 += a1;
+      a5 += a4;
+    }
+    commit(out, true);
+    return;
+  }
+  // floating point fallback (coordinates beyond the fixed point range)
+  double xo = a[2] + a[1] * 0.5 + a[0] * 0.5;
+  double yo = a[5] + a[4] * 0.5 + a[3] * 0.5;
+  for (int y = 0; y < H; ++y) {
+    double xx = xo, yy = yo;
+    for (int x = 0; x < W; ++x) {
+      int xin = pil_coord(xx);
+      int yin = (xin >= 0 && xin < W) ? pil_coord(yy) : -1;
+      idx[x] = (xin >= 0 && xin < W && yin >= 0 && yin < H) ? yin * W + xin : -1;
+      xx += a[0];
+      yy += a[3];
+    }
+    emit_row(y);
+    xo += a[1];
+    yo += a[4];
+  }
+  commit(out, true);
+}
+
+void Engine::resize_crop(double zoom) {
+  const int W = W_, H = H_;
+  auto side = [](int s, double z) {
+    double t = s * z;
+    long long v = static_cast<long long>(t);
+    return static_cast<int>(v < 1 ? 1 : v);
+  };
+  const int W2 = side(W, zoom), H2 = side(H, zoom);
+  const bool need_h = W2 != W, need_v = H2 != H;
+  if (!need_h && !need_v) return;  // Image.resize returns a copy; the crop box is the image
+  flush();
+  const int left = W2 / 2 - W / 2, top = H2 / 2 - H / 2;
+  std::vector<int32_t> hb, hk, vb, vk;
+  int hks = 0, vks = 0;
+  if (need_h) hks = lanczos_coeffs(W, W2, left, W, hb, hk, s_.kd);
+  if (need_v) vks = lanczos_coeffs(H, H2, top, H, vb, vk, s_.kd);
+  uint8_t* out = next();
+  uint8_t* tmp = s_.plane[0].data();  // H rows x W crop columns after the horizontal pass
+  for (int c = 0; c < C_; ++c) {
+    const uint8_t* p = plane(c);
+    const uint8_t* src = p;  // H x W (columns already the crop's when need_h)
+    if (need_h) {
+      for (int y = 0; y < H; ++y) {
+        const uint8_t* r = p + int64_t(y) * W;
+        uint8_t* o = tmp + int64_t(y) * W;
+        for (int x = 0; x < W; ++x) {
+          int xmin = hb[2 * x], taps = hb[2 * x + 1];
+          if (taps < 0) {
+            o[x] = 0;
+            continue;
+          }
+          const int32_t* k = &hk[size_t(x) * hks];
+          int ss = 1 << (kPrecisionBits - 1);
+          for (int t = 0; t < taps; ++t) ss += int(r[xmin + t]) * k[t];
+          o[x] = clip8i(ss);
+        }
+      }
+      src = tmp;
+    } else if (left != 0) {
+      // W2 == W: no horizontal resampling, the crop starts at column 0 (left = 0)
+    }
+    uint8_t* o = out + c * HW_;
+    if (need_v) {
+      for (int y = 0; y < H; ++y) {
+        int ymin = vb[2 * y], taps = vb[2 * y + 1];
+        uint8_t* orow = o + int64_t(y) * W;
+        if (taps < 0) {
+          std::memset(orow, 0, size_t(W));
+          continue;
+        }
+        resample_vrow(src, W, ymin, taps, &vk[size_t(y) * vks], orow, W);
+      }
+    } else {
+      // H2 == H: top = 0, rows pass through
+      std::memcpy(o, src, size_t(HW_));
+    }
+  }
+  commit(out, true);
+}
+
+// ---------------------------------------------------------------- filters
+
+void Engine::filter3x3(const float* k) {
+  const int W = W_, H = H_;
+  if (W < 3 || H < 3) return;  // ImagingFilter returns a copy of images smaller than the kernel
+  uint8_t* out = next();
+  float* fr = s_.frows.data();
+  uint8_t* rowbuf = s_.plane[1].data();
+  for (int c = 0; c < C_; ++c) {
+    const uint8_t* p = plane(c);
+    const uint8_t* L = lut_[c];
+    uint8_t* o = out + c * HW_;
+    float* rows[3] = {fr, fr + W, fr + 2 * W};
+    auto load = [&](int y, float* dst) {
+      const uint8_t* r = p + int64_t(y) * W;
+      if (lut_id_) {
+        u8_to_f32_row(r, dst, W);
+      } else {
+        lut_row(r, L, rowbuf, W);
+        u8_to_f32_row(rowbuf, dst, W);
+      }
+    };
+    auto copy_row = [&](int y) {
+      const uint8_t* r = p + int64_t(y) * W;
+      uint8_t* d = o + int64_t(y) * W;
+      if (lut_id_)
+        std::memcpy(d, r, size_t(W));
+      else
+        lut_row(r, L, d, W);
+    };
+    copy_row(0);
+    load(0, rows[0]);
+    load(1, rows[1]);
+    for (int y = 1; y < H - 1; ++y) {
+      load(y + 1, rows[2]);
+      uint8_t* d = o + int64_t(y) * W;
+      filter_row(rows[2], rows[1], rows[0], k, d, W);
+      d[0] = static_cast<uint8_t>(rows[1][0]);
+      d[W - 1] = static_cast<uint8_t>(rows[1][W - 1]);
+      float* t = rows[0];
+      rows[0] = rows[1];
+      rows[1] = rows[2];
+      rows[2] = t;
+    }
+    copy_row(H - 1);
+  }
+  commit(out, true);
+}
+
+void Engine::sharpness(float a) {
+  const int W = W_, H = H_;
+  if (W < 3 || H < 3) return;  // degenerate = copy, blend(x, x, a) = x
+  uint8_t* out = next();
+  float* fr = s_.frows.data();
+  uint8_t* rowbuf = s_.plane[1].data();
+  for (int c = 0; c < C_; ++c) {
+    const uint8_t* p = plane(c);
+    const uint8_t* L = lut_[c];
+    uint8_t* o = out + c * HW_;
+    float* rows[3] = {fr, fr + W, fr + 2 * W};
+    auto load = [&](int y, float* dst) {
+      const uint8_t* r = p + int64_t(y) * W;
+      if (lut_id_) {
+        u8_to_f32_row(r, dst, W);
+      } else {
+        lut_row(r, L, rowbuf, W);
+        u8_to_f32_row(rowbuf, dst, W);
+      }
+    };
+    auto copy_row = [&](int y) {
+      const uint8_t* r = p + int64_t(y) * W;
+      uint8_t* d = o + int64_t(y) * W;
+      if (lut_id_)
+        std::memcpy(d, r, size_t(W));
+      else
+        lut_row(r, L, d, W);
+    };
+    copy_row(0);
+    load(0, rows[0]);
+    load(1, rows[1]);
+    for (int y = 1; y < H - 1; ++y) {
+      load(y + 1, rows[2]);
+      uint8_t* d = o + int64_t(y) * W;
+      sharpen_row(rows[2], rows[1], rows[0], a, d, W);
+      d[0] = static_cast<uint8_t>(rows[1][0]);
+      d[W - 1] = static_cast<uint8_t>(rows[1][W - 1]);
+      float* t = rows[0];
+      rows[0] = rows[1];
+      rows[1] = rows[2];
+      rows[2] = t;
+    }
+    copy_row(H - 1);
+  }
+  commit(out, true);
+}
+
+void Engine::gaussian_blur(float radius) {
+  if (radius == 0.0f) return;
+  const float rf = gaussian_box_radius(radius, 3);
+  if (rf == 0.0f) return;
+  flush();
+  const int r = static_cast<int>(rf);
+  const uint32_t ww = static_cast<uint32_t>(static_cast<float>(1 << 24) / (rf * 2 + 1));
+  const uint32_t fw = ((1u << 24) - uint32_t(r * 2 + 1) * ww) / 2;
+  const int W = W_, H = H_;
+  uint8_t* out = next();
+  uint8_t* A = s_.plane[0].data();
+  uint8_t* B = s_.plane[1].data();
+  uint32_t* acc = s_.acc.data();
+  for (int c = 0; c < C_; ++c) {
+    const uint8_t* p = plane(c);
+    uint8_t* o = out + c * HW_;
+    // three horizontal passes: on the transposed plane (W rows of H), blurring along its rows
+    transpose_u8(p, A, H, W);
+    box_pass(A, B, W, H, r, ww, fw, acc);
+    box_pass(B, A, W, H, r, ww, fw, acc);
+    box_pass(A, B, W, H, r, ww, fw, acc);
+    transpose_u8(B, A, W, H);
+    // three vertical passes
+    box_pass(A, B, H, W, r, ww, fw, acc);
+    box_pass(B, A, H, W, r, ww, fw, acc);
+    box_pass(A, o, H, W, r, ww, fw, acc);
+  }
+  commit(out, true);
+}
+
+// ---------------------------------------------------------------- colour
+
+void Engine::color(float a) {
+  if (C_ != 3) return;  // L images: the degenerate image is the image itself
+  uint8_t* out = next();
+  const uint8_t *R = plane(0), *G = plane(1), *Bp = plane(2);
+  uint8_t *oR = out, *oG = out + HW_, *oB = out + 2 * HW_;
+  for (int64_t i = 0; i < HW_; ++i) {
+    int r = lut_[0][R[i]], g = lut_[1][G[i]], b = lut_[2][Bp[i]];
+    int l = gray_l(r, g, b);
+    oR[i] = blend_px(l, r, a);
+    oG[i] = blend_px(l, g, a);
+    oB[i] = blend_px(l, b, a);
+  }
+  commit(out, true);
+}
+
+void Engine::contrast(float a) {
+  uint64_t sum = 0;
+  if (C_ == 3) {
+    const uint8_t *R = plane(0), *G = plane(1), *Bp = plane(2);
+    if (lut_id_) {
+      for (int64_t i = 0; i < HW_; ++i) sum += uint32_t(gray_l(R[i], G[i], Bp[i]));
+    } else {
+      for (int64_t i = 0; i < HW_; ++i) sum += uint32_t(gray_l(lut_[0][R[i]], lut_[1][G[i]], lut_[2][Bp[i]]));
+    }
+  } else {
+    uint32_t h[256];
+    cur_hist(0, h);
+    for (int v = 0; v < 256; ++v) sum += uint64_t(v) * h[v];
+  }
+  double mean = static_cast<double>(sum) / static_cast<double>(HW_);
+  int m = static_cast<int>(mean + 0.5);
+  uint8_t f[256];
+  for (int i = 0; i < 256; ++i) f[i] = blend_px(m, i, a);
+  compose_all(f);
+}
+
+void Engine::autocontrast() {
+  for (int c = 0; c < C_; ++c) {
+    uint32_t h[256];
+    cur_hist(c, h);
+    int lo = 0, hi = 255;
+    while (lo < 256 && !h[lo]) ++lo;
+    while (hi >= 0 && !h[hi]) --hi;
+    if (lo == 256) lo = 255;  // empty histogram: Python leaves lo = 255, hi = 0
+    if (hi < 0) hi = 0;
+    if (hi <= lo) continue;
+    double scale = 255.0 / (hi - lo);
+    double offset = static_cast<double>(-lo) * scale;
+    uint8_t f[256];
+    for (int ix = 0; ix < 256; ++ix) {
+      int v = static_cast<int>(ix * scale + offset);
+      f[ix] = static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
+    }
+    compose(c, f);
+  }
+}
+
+void Engine::equalize() {
+  for (int c = 0; c < C_; ++c) {
+    uint32_t h[256];
+    cur_hist(c, h);
+    int nonzero = 0, last = -1;
+    uint64_t total = 0;
+    for (int v = 0; v < 256; ++v) {
+      if (h[v]) {
+        ++nonzero;
+        last = v;
+        total += h[v];
+      }
+    }
+    if (nonzero <= 1) continue;
+    uint64_t step = (total - h[last]) / 255;
+    if (!step) continue;
+    uint64_t n = step / 2;
+    uint8_t f[256];
+    for (int i = 0; i < 256; ++i) {
+      uint64_t q = n / step;
+      f[i] = static_cast<uint8_t>(q > 255 ? 255 : q);
+      n += h[i];
+    }
+    compose(c, f);
+  }
+}
+
+}  // namespace fastorals::augment
