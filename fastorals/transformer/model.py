@@ -105,23 +105,37 @@ class GPTConfig:
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding (rotate-half form) over the whole head dimension."""
+    """Rotary position embedding (rotate-half form) over the whole head dimension.
+
+    No parameters or buffers: the frequencies ``base ** (-2i / D)`` are formed in float64 on use,
+    so casting the model (``.half()``) cannot degrade them.
+    """
 
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        self.head_dim = head_dim
+        self.base = float(base)
 
-    def cos_sin(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``pos`` ``(B, T)`` integer positions (may be negative) -> cos, sin ``(B, 1, T, D/2)`` float32."""
-        ang = pos.to(torch.float32).unsqueeze(-1) * self.inv_freq.to(pos.device)
-        return ang.cos().unsqueeze(1), ang.sin().unsqueeze(1)
+    def cos_sin(self, pos: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pos`` ``(B, T)`` integer positions (may be negative) -> cos, sin ``(B, 1, T, D/2)``.
+
+        Angles are formed in float64 (exact for any practical position), then cast to ``dtype``
+        (float32, or float64 for a float64 model).
+        """
+        inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=pos.device)
+                                 / self.head_dim)
+        ang = pos.to(torch.float64).unsqueeze(-1) * inv_freq
+        return ang.cos().to(dtype).unsqueeze(1), ang.sin().to(dtype).unsqueeze(1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` ``(B, H, T, D)`` by the angles behind ``cos``/``sin`` ``(B, 1, T, D/2)``."""
+    """Rotate ``x`` ``(B, H, T, D)`` by the angles behind ``cos``/``sin`` ``(B, 1, T, D/2)`` (rotate-half form).
+
+    Computed in float32 (float64 for float64 inputs), returned in ``x``'s dtype.
+    """
     half = x.shape[-1] // 2
-    xf = x.float()
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    cos, sin = cos.to(xf.dtype), sin.to(xf.dtype)
     x1, x2 = xf[..., :half], xf[..., half:]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
 
@@ -283,6 +297,9 @@ class GPT(nn.Module):
             h = h + self.pos_embed(pos.clamp(0, self.config.block_size - 1))
         return h
 
+    def _rope_dtype(self) -> torch.dtype:
+        return torch.float64 if self.ln_f.weight.dtype == torch.float64 else torch.float32
+
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         h = self.ln_f(h)
         return self.head(h) if self.head is not None else h
@@ -307,7 +324,7 @@ class GPT(nn.Module):
         pos = torch.arange(T, device=x.device).unsqueeze(0).expand(B, T)
         valid = None if lengths is None else pos < lengths.unsqueeze(1)
         h = self.drop(self._embed(x, pos, valid))
-        rope = self.rotary.cos_sin(pos) if self.rotary is not None else None
+        rope = self.rotary.cos_sin(pos, self._rope_dtype()) if self.rotary is not None else None
         for blk in self.blocks:
             h = blk(h, lengths, rope)
         return self._head(h)
@@ -402,7 +419,7 @@ class GPT(nn.Module):
         drop = torch.minimum((need + cache.slide - 1) // cache.slide * cache.slide, cache.lens[rows])
         cache.drop_oldest(rows, drop)
         if cache.window == "shift":
-            cos, sin = self.rotary.cos_sin(-drop.unsqueeze(1))  # (n, 1, 1, D/2)
+            cos, sin = self.rotary.cos_sin(-drop.unsqueeze(1), self._rope_dtype())  # (n, 1, 1, D/2)
             for layer in range(cache.layers):
                 cache.k[layer, rows] = apply_rotary(cache.k[layer, rows], cos, sin)
         else:  # reprefill: recompute the kept window of those rows from their inputs
@@ -437,7 +454,7 @@ class GPT(nn.Module):
         pos = lens.unsqueeze(1) + torch.arange(T, device=x.device)
         valid = None if new_lens is None else torch.arange(T, device=x.device).unsqueeze(0) < new_lens.unsqueeze(1)
         h = self._embed(x, pos, valid)
-        rope = self.rotary.cos_sin(pos) if self.rotary is not None else None
+        rope = self.rotary.cos_sin(pos, self._rope_dtype()) if self.rotary is not None else None
         n_new = new_lens if new_lens is not None else T
         ql = None if new_lens is None else new_lens.to(torch.int32)
         kv_lens = (lens + n_new).to(torch.int32)

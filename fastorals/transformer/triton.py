@@ -79,6 +79,17 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+def _split(x: float) -> tuple[float, float]:
+    """``x = hi + lo`` with ``hi`` exactly a float32: scalar kernel arguments travel as float32."""
+    hi = float(torch.tensor(x, dtype=torch.float32))
+    return hi, float(x) - hi
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation (and log-sum-exp) dtype: float64 for float64 inputs, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _interpreting(t: torch.Tensor) -> bool:
     return t.device.type == "cpu"
 
@@ -155,10 +166,11 @@ def _fwd_block(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, start_n, of
 @triton.jit
 def _attn_fwd(Q, K, V, O, LSE, QLENS, KVLENS, SEED,
               sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
-              H, Lq, Lk, sm_scale, dropout_p,
+              H, Lq, Lk, sm_scale, sm_scale_lo, dropout_p,
               D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               CAUSAL: tl.constexpr, HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
-              HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+              HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, IS_FP64: tl.constexpr):
+    ACC = tl.float64 if IS_FP64 else tl.float32
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -182,10 +194,11 @@ def _attn_fwd(Q, K, V, O, LSE, QLENS, KVLENS, SEED,
     v_base = V + b * svb + h * svh
     q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
                 mask=(offs_m[:, None] < Lq) & (offs_d[None, :] < D), other=0.0)
-    qk_scale = sm_scale * 1.4426950408889634
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    scale = (tl.zeros([], ACC) + sm_scale) + sm_scale_lo  # float64: exact beyond the fp32 argument
+    qk_scale = scale * tl.full([], 1.4426950408889634, ACC)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
+    l_i = tl.zeros([BLOCK_M], dtype=ACC)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
     if CAUSAL:
         n_end = tl.minimum(kv_len, start_m + BLOCK_M + shift)
         n_clean = tl.minimum(kv_len, start_m + shift + 1)
@@ -207,7 +220,7 @@ def _attn_fwd(Q, K, V, O, LSE, QLENS, KVLENS, SEED,
     row_ok = (offs_m < q_len) & (l_i > 0.0)
     l_safe = tl.where(row_ok, l_i, 1.0)
     out = tl.where(row_ok[:, None], acc / l_safe[:, None], 0.0)
-    lse = tl.where(row_ok, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    lse = tl.where(row_ok, (m_i + tl.math.log2(l_safe)) * tl.full([], 0.6931471805599453, ACC), float("-inf"))
     o_base = O + b * sob + h * soh
     tl.store(o_base + offs_m[:, None] * som + offs_d[None, :] * sod, out.to(O.dtype.element_ty),
              mask=(offs_m[:, None] < Lq) & (offs_d[None, :] < D))
@@ -216,7 +229,8 @@ def _attn_fwd(Q, K, V, O, LSE, QLENS, KVLENS, SEED,
 
 @triton.jit
 def _attn_bwd_preprocess(O, DO, DELTA, sob, soh, som, sod, sdb, sdh, sdm, sdd, H, Lq,
-                         D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+                         D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, IS_FP64: tl.constexpr):
+    ACC = tl.float64 if IS_FP64 else tl.float32
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -226,7 +240,7 @@ def _attn_bwd_preprocess(O, DO, DELTA, sob, soh, som, sod, sdb, sdh, sdm, sdd, H
     mask = (offs_m[:, None] < Lq) & (offs_d[None, :] < D)
     o = tl.load(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod, mask=mask, other=0.0)
     do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_d[None, :] * sdd, mask=mask, other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    delta = tl.sum(o.to(ACC) * do.to(ACC), 1)
     tl.store(DELTA + bh.to(tl.int64) * Lq + offs_m, delta, mask=offs_m < Lq)
 
 
@@ -244,7 +258,7 @@ def _bwd_dkdv_block(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sq
                  other=0.0)
     lse = tl.load(lse_base + offs_m, mask=mrow, other=float("-inf"))
     # rows without any visible key (lse = -inf) or past the valid length contribute nothing
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * tl.full([], 1.4426950408889634, lse.dtype))
     delta = tl.load(delta_base + offs_m, mask=mrow, other=0.0)
     st = tl.dot(k, qt, input_precision=PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M), log2 units
     pt = tl.math.exp2(st - lse2[None, :])
@@ -270,10 +284,11 @@ def _bwd_dkdv_block(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sq
 def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, QLENS, KVLENS, SEED,
                    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdm, sdd,
                    skgb, skgh, skgn, skgd, svgb, svgh, svgn, svgd,
-                   H, Lq, Lk, sm_scale, dropout_p,
+                   H, Lq, Lk, sm_scale, sm_scale_lo, dropout_p,
                    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    CAUSAL: tl.constexpr, HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
-                   HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+                   HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, IS_FP64: tl.constexpr):
+    ACC = tl.float64 if IS_FP64 else tl.float32
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -295,9 +310,10 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, QLENS, KVLENS, SEED,
     kvmask = (offs_n[:, None] < kv_len) & (offs_d[None, :] < D)
     k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=kvmask, other=0.0)
     v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=kvmask, other=0.0)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    qk_scale = sm_scale * 1.4426950408889634
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
+    scale = (tl.zeros([], ACC) + sm_scale) + sm_scale_lo  # float64: exact beyond the fp32 argument
+    qk_scale = scale * tl.full([], 1.4426950408889634, ACC)
     if CAUSAL:
         m_lo = tl.maximum(start_n - shift, 0) // BLOCK_M * BLOCK_M
         c = tl.maximum(start_n + BLOCK_N - 1 - shift, 0)
@@ -320,7 +336,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, QLENS, KVLENS, SEED,
         dk, dv = _bwd_dkdv_block(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sqd, sdm, sdd,
                                  start_m, offs_n, offs_d, Lq, kv_len, shift, qk_scale, seed, bh, Lk, dropout_p,
                                  inv_keep, D, BLOCK_M, CAUSAL, False, HAS_DROPOUT, PRECISION)
-    dk = dk * sm_scale
+    dk = dk * scale
     omask = (offs_n[:, None] < Lk) & (offs_d[None, :] < D)
     tl.store(DK + b * skgb + h * skgh + offs_n[:, None] * skgn + offs_d[None, :] * skgd,
              dk.to(DK.dtype.element_ty), mask=omask)
@@ -361,10 +377,11 @@ def _bwd_dq_block(dq, q, do, lse2, delta, k_base, v_base, skn, skd, svn, svd, st
 def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, QLENS, KVLENS, SEED,
                  sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdm, sdd,
                  sqgb, sqgh, sqgm, sqgd,
-                 H, Lq, Lk, sm_scale, dropout_p,
+                 H, Lq, Lk, sm_scale, sm_scale_lo, dropout_p,
                  D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  CAUSAL: tl.constexpr, HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
-                 HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+                 HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, IS_FP64: tl.constexpr):
+    ACC = tl.float64 if IS_FP64 else tl.float32
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -390,10 +407,11 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, QLENS, KVLENS, SEED,
     do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_d[None, :] * sdd,
                  mask=mrow[:, None] & dmask[None, :], other=0.0)
     lse = tl.load(LSE + bh.to(tl.int64) * Lq + offs_m, mask=mrow, other=float("-inf"))
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * tl.full([], 1.4426950408889634, lse.dtype))
     delta = tl.load(DELTA + bh.to(tl.int64) * Lq + offs_m, mask=mrow, other=0.0)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    qk_scale = sm_scale * 1.4426950408889634
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
+    scale = (tl.zeros([], ACC) + sm_scale) + sm_scale_lo  # float64: exact beyond the fp32 argument
+    qk_scale = scale * tl.full([], 1.4426950408889634, ACC)
     if CAUSAL:
         n_end = tl.minimum(kv_len, start_m + BLOCK_M + shift)
         n_clean = tl.minimum(kv_len, start_m + shift + 1)
@@ -414,7 +432,7 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, QLENS, KVLENS, SEED,
         dq = _bwd_dq_block(dq, q, do, lse2, delta, k_base, v_base, skn, skd, svn, svd, start_n, offs_m, offs_d,
                            kv_len, shift, qk_scale, seed, bh, Lk, dropout_p, inv_keep,
                            D, BLOCK_N, CAUSAL, True, HAS_DROPOUT, PRECISION)
-    dq = dq * sm_scale
+    dq = dq * scale
     tl.store(DQ + b * sqgb + h * sqgh + offs_m[:, None] * sqgm + offs_d[None, :] * sqgd,
              dq.to(DQ.dtype.element_ty), mask=mrow[:, None] & dmask[None, :])
 
@@ -422,9 +440,10 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, QLENS, KVLENS, SEED,
 @triton.jit
 def _attn_decode(Q, K, V, O, QLENS, KVLENS,
                  sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
-                 H, T, sm_scale,
+                 H, T, sm_scale, sm_scale_lo,
                  D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
-                 CAUSAL: tl.constexpr, HAS_QLENS: tl.constexpr):
+                 CAUSAL: tl.constexpr, HAS_QLENS: tl.constexpr, IS_FP64: tl.constexpr):
+    ACC = tl.float64 if IS_FP64 else tl.float32
     bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
@@ -437,11 +456,12 @@ def _attn_decode(Q, K, V, O, QLENS, KVLENS,
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
     q = tl.load(Q + b * sqb + h * sqh + offs_t[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=(offs_t[:, None] < T) & dmask[None, :], other=0.0).to(tl.float32)
-    q = q * (sm_scale * 1.4426950408889634)
-    m_i = tl.full([BLOCK_T], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_T], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+                mask=(offs_t[:, None] < T) & dmask[None, :], other=0.0).to(ACC)
+    scale = (tl.zeros([], ACC) + sm_scale) + sm_scale_lo
+    q = q * (scale * tl.full([], 1.4426950408889634, ACC))
+    m_i = tl.full([BLOCK_T], float("-inf"), dtype=ACC)
+    l_i = tl.zeros([BLOCK_T], dtype=ACC)
+    acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=ACC)
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
     n_end = tl.where(q_len <= 0, 0, kv_len)
@@ -449,7 +469,7 @@ def _attn_decode(Q, K, V, O, QLENS, KVLENS,
         offs_n = start_n + tl.arange(0, BLOCK_N)
         nmask = offs_n < kv_len
         k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                    mask=nmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+                    mask=nmask[:, None] & dmask[None, :], other=0.0).to(ACC)
         s = tl.sum(q[:, None, :] * k[None, :, :], 2)  # (BLOCK_T, BLOCK_N)
         valid = nmask[None, :]
         if CAUSAL:
@@ -461,7 +481,7 @@ def _attn_decode(Q, K, V, O, QLENS, KVLENS,
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :] * svd,
-                    mask=nmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+                    mask=nmask[:, None] & dmask[None, :], other=0.0).to(ACC)
         acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], 1)
         m_i = m_new
     row_ok = (offs_t < q_len) & (l_i > 0.0)
@@ -494,11 +514,11 @@ def flash_attn_fwd(
     softmax_scale: float,
     dropout_p: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flash attention forward: ``(out (B, H, Lq, D) in q's dtype, lse (B, H, Lq) float32)``."""
+    """Flash attention forward: ``(out (B, H, Lq, D) in q's dtype, lse (B, H, Lq) float32/float64)``."""
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     out = torch.empty((B, H, Lq, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, H, Lq), dtype=torch.float32, device=q.device)
+    lse = torch.empty((B, H, Lq), dtype=_acc(q.dtype), device=q.device)
     block_d = _pow2(D)
     bm, bn, warps, stages = _fwd_config(q.dtype, block_d, _interpreting(q))
     has_drop = dropout_p > 0.0
@@ -506,10 +526,10 @@ def flash_attn_fwd(
     wrap_triton(_attn_fwd)[grid](
         q, k, v, out, lse, _lens_arg(q_lens, lse), _lens_arg(kv_lens, lse), seed if has_drop else lse,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-        H, Lq, Lk, softmax_scale, dropout_p,
+        H, Lq, Lk, *_split(softmax_scale), dropout_p,
         D=D, BLOCK_D=block_d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal,
         HAS_QLENS=q_lens is not None, HAS_KVLENS=kv_lens is not None, HAS_DROPOUT=has_drop,
-        PRECISION=_precision(q.dtype), num_warps=warps, num_stages=stages,
+        PRECISION=_precision(q.dtype), IS_FP64=q.dtype == torch.float64, num_warps=warps, num_stages=stages,
     )
     return out, lse
 
@@ -535,7 +555,7 @@ def flash_attn_bwd(
     dq = torch.empty((B, H, Lq, D), dtype=q.dtype, device=q.device)
     dk = torch.empty((B, H, Lk, D), dtype=k.dtype, device=k.device)
     dv = torch.empty((B, H, Lk, D), dtype=v.dtype, device=v.device)
-    delta = torch.empty((B, H, Lq), dtype=torch.float32, device=q.device)
+    delta = torch.empty((B, H, Lq), dtype=_acc(q.dtype), device=q.device)
     block_d = _pow2(D)
     interp = _interpreting(q)
     has_drop = dropout_p > 0.0
@@ -543,22 +563,24 @@ def flash_attn_bwd(
     pre_m = 64 if not interp else 32
     wrap_triton(_attn_bwd_preprocess)[(triton.cdiv(Lq, pre_m), B * H)](
         out, grad_out, delta, *_strides(out), *_strides(grad_out), H, Lq, D=D, BLOCK_D=block_d, BLOCK_M=pre_m,
+        IS_FP64=q.dtype == torch.float64,
     )
     seed_arg = seed if has_drop else delta
     ql, kl = _lens_arg(q_lens, delta), _lens_arg(kv_lens, delta)
     flags = dict(D=D, BLOCK_D=block_d, CAUSAL=causal, HAS_QLENS=q_lens is not None,
-                 HAS_KVLENS=kv_lens is not None, HAS_DROPOUT=has_drop, PRECISION=prec)
+                 HAS_KVLENS=kv_lens is not None, HAS_DROPOUT=has_drop, PRECISION=prec,
+                 IS_FP64=q.dtype == torch.float64)
     bm, bn, warps, stages = _bwd_config(q.dtype, block_d, interp, "dkdv")
     wrap_triton(_attn_bwd_dkdv)[(triton.cdiv(Lk, bn), B * H)](
         q, k, v, grad_out, lse, delta, dk, dv, ql, kl, seed_arg,
         *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(dk), *_strides(dv),
-        H, Lq, Lk, softmax_scale, dropout_p, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **flags,
+        H, Lq, Lk, *_split(softmax_scale), dropout_p, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **flags,
     )
     bm, bn, warps, stages = _bwd_config(q.dtype, block_d, interp, "dq")
     wrap_triton(_attn_bwd_dq)[(triton.cdiv(Lq, bm), B * H)](
         q, k, v, grad_out, lse, delta, dq, ql, kl, seed_arg,
         *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(dq),
-        H, Lq, Lk, softmax_scale, dropout_p, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **flags,
+        H, Lq, Lk, *_split(softmax_scale), dropout_p, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **flags,
     )
     return dq, dk, dv
 
@@ -601,8 +623,8 @@ def decode_attn(
     wrap_triton(_attn_decode)[(B * H,)](
         q, k, v, out, _lens_arg(q_lens, kv_lens), kv_lens,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-        H, T, softmax_scale, D=D, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_N=block_n, CAUSAL=causal,
-        HAS_QLENS=q_lens is not None, num_warps=4,
+        H, T, *_split(softmax_scale), D=D, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_N=block_n, CAUSAL=causal,
+        HAS_QLENS=q_lens is not None, IS_FP64=q.dtype == torch.float64, num_warps=4,
     )
     return out
 
