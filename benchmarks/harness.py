@@ -30,7 +30,7 @@ import statistics
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 
@@ -51,7 +51,8 @@ class Case:
         fast: {name: fn} fastorals implementations (first one is "the" fast path).
         reference: the module's reference.py path, or None.
         peers: {peer name: fn} what a user would use instead.
-        backend: backend of the fast path ("cpp", "triton", "torch").
+        backend: backend of the fast path ("cpp", "triton", "torch"), or {fast impl name: backend}
+            when the fast implementations use different backends.
         flops: floating point operations per call (None if not meaningful).
         bytes: bytes that must move per call (None if not meaningful).
         verify: optional ``verify(fast_output, other_output, other_name)`` run once per impl
@@ -68,7 +69,7 @@ class Case:
     fast: dict[str, Callable[[], Any]]
     reference: Optional[Callable[[], Any]] = None
     peers: dict[str, Callable[[], Any]] = field(default_factory=dict)
-    backend: str = "cpp"
+    backend: Union[str, dict[str, str]] = "cpp"
     flops: Optional[float] = None
     bytes: Optional[float] = None
     verify: Optional[Callable[[Any, Any, str], None]] = None
@@ -344,7 +345,8 @@ def run_case(suite: str, case: Case, mode: str, *, memory: bool = True) -> list[
         row: dict[str, Any] = {
             "suite": suite, "op": case.op, "case": case.name or case.op, "shape": case.shape,
             "dtype": case.dtype, "device": device, "impl": name, "kind": kind,
-            "backend": case.backend if kind == "fast" else ("reference" if kind == "reference" else name),
+            "backend": (case.backend.get(name, "?") if isinstance(case.backend, dict) else case.backend)
+            if kind == "fast" else ("reference" if kind == "reference" else name),
             "median_ms": None, "p20_ms": None, "p80_ms": None, "repeats": 0, "peak_mem_mb": None,
             "ratio_vs_reference": None, "ratio_vs_peers": {}, "gflops": None, "gbps": None,
             "pct_of_limit": None, "limit_kind": None, "limit_value": None,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from .pattern import FLOAT_SCALE, colour_table, quantize, scores_from_deviation_sums, units
+from .pattern import FLOAT_SCALE, colour_table, quantize, scores_from_deviation_sums
 
 _CHUNK = 4096  # images per step of the PyTorch sums (bounds the int64/float64 copy)
 

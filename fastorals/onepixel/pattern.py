@@ -77,7 +77,7 @@ class ShortcutPattern:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ShortcutPattern":
+    def from_dict(cls, d: dict) -> ShortcutPattern:
         scores = torch.tensor([[float("inf") if v is None else v for v in row] for row in d["scores"]],
                               dtype=torch.float64)
         p = cls(torch.tensor(d["positions"], dtype=torch.int64), torch.tensor(d["colors"], dtype=torch.uint8),
@@ -85,13 +85,13 @@ class ShortcutPattern:
         p.validate()
         return p
 
-    def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
+    def save(self, path: Union[str, os.PathLike[str]]) -> None:
         """Write as JSON (safe to share: no pickle)."""
         with open(path, "w") as f:
             json.dump(self.to_dict(), f)
 
     @classmethod
-    def load(cls, path: Union[str, "os.PathLike[str]"]) -> "ShortcutPattern":
+    def load(cls, path: Union[str, os.PathLike[str]]) -> ShortcutPattern:
         with open(path) as f:
             return cls.from_dict(json.load(f))
 

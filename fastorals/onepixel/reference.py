@@ -42,7 +42,7 @@ def search_shortcut(images: torch.Tensor, labels: torch.Tensor, num_classes: int
     chosen_colours = torch.zeros(num_classes, sparsity, C, dtype=torch.uint8)
     chosen_scores = torch.zeros(num_classes, sparsity, dtype=torch.float64)
     for k in range(num_classes):
-        scores = class_scores(images, labels, k)
+        scores = class_scores(images, labels, k).tolist()  # plain floats: [position][colour]
         taken_here: set[int] = set()
         picked: list[tuple[int, int]] = []
         for s in range(sparsity):
@@ -53,14 +53,14 @@ def search_shortcut(images: torch.Tensor, labels: torch.Tensor, num_classes: int
                     f"sparsity: class {k} has no free (position, colour) pair left for pixel {s + 1} "
                     f"({H}x{W} image, {colours.shape[0]} colours, {num_classes} classes)"
                 )
-            best = max(scores[p, j] for p, j in free)
-            best_idx = next((p, j) for p, j in free if scores[p, j] == best)
+            best = max(scores[p][j] for p, j in free)
+            best_idx = next((p, j) for p, j in free if scores[p][j] == best)
             p, j = best_idx
             taken_here.add(p)
             picked.append(best_idx)
             positions[k, s] = torch.tensor([p // W, p % W])
             chosen_colours[k, s] = colours[j]
-            chosen_scores[k, s] = scores[best_idx]
+            chosen_scores[k, s] = scores[best_idx[0]][best_idx[1]]
         used.update(picked)
     return ShortcutPattern(positions, chosen_colours, chosen_scores, (C, H, W))
 
