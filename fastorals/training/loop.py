@@ -171,6 +171,19 @@ def save_checkpoint(path: str, state: dict[str, Any]) -> None:
         raise
 
 
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def load_checkpoint(path: str, map_location: Union[str, torch.device, None] = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (tensors, numbers, strings, containers only)."""
     return torch.load(path, map_location=map_location, weights_only=True)
@@ -204,7 +217,8 @@ def fit(
     """Train ``model`` for ``epochs`` over ``train``.
 
     Args:
-        model: any nn.Module mapping float inputs in [0, 1] to logits.
+        model: any nn.Module mapping float inputs in [0, 1] to logits (a DDP-wrapped module under
+            torchrun: the loader then gives each rank its share of every epoch).
         train: a :class:`TensorLoader` (its per-epoch order makes resume exact).
         epochs: total epochs (a resumed run continues up to this number).
         optimizer: default ``make_optimizer(model, optimizer_name, lr, weight_decay)``.
@@ -216,6 +230,7 @@ def fit(
         test: evaluated every ``eval_every`` epochs and at the end.
         checkpoint: path; saved atomically after every epoch and resumed from if present
             (``resume``). Holds model, optimizer, schedule, loader and RNG states and the history.
+            Under DDP only rank 0 writes it (after a barrier every rank can resume from it).
         seed: seeds Python/NumPy/torch at the start (None: leave the RNG alone).
         grad_clip: max gradient norm.
         on_epoch_start: ``fn(epoch, model)`` hook (e.g. a curriculum update).
@@ -307,11 +322,13 @@ def fit(
             hist.test_loss.append(float("nan"))
             hist.test_acc.append(float("nan"))
         hist.epochs_run = epoch + 1
-        if checkpoint:
+        if checkpoint and _is_main_process():
             save_checkpoint(checkpoint, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
                 "loader": train.state_dict(), "rng": _rng_state(), "history": hist.as_dict(),
                 "extra": {k: obj.state_dict() for k, obj in extras.items()},
             })
+        if checkpoint:
+            _barrier()
     bar.close()
     return hist
