@@ -11,6 +11,10 @@
 
 #include "common/simd.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)
@@ -23,19 +27,19 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
-inline uint8_t clip8f(float v) {  // Filter.c clip8: clamp, then truncate
-  v = v < 0.0f ? 0.0f : v;
-  v = v > 255.0f ? 255.0f : v;
-  return static_cast<uint8_t>(v);
+// Clamp to [0, 255] after truncating a float toward zero. For every finite v in int range this
+// equals Pillow's clip8 (clamp in float, then truncate) and ImagingBlend's clipping, and it
+// vectorizes (cvttps2dq + integer min/max) where the float comparisons would branch.
+inline int clamp255(int v) {
+  v = v < 0 ? 0 : v;
+  return v > 255 ? 255 : v;
 }
+inline uint8_t trunc_clip8(float v) { return static_cast<uint8_t>(clamp255(static_cast<int>(v))); }
 
 // ImagingBlend(in1, in2, alpha): in1 + alpha * (in2 - in1) in float, truncated; clipped when
 // alpha is outside [0, 1] (inside, the value cannot leave [0, 255]).
 inline uint8_t blend_px(int in1, int in2, float alpha) {
-  float t = static_cast<float>(in1) + alpha * static_cast<float>(in2 - in1);
-  if (t <= 0.0f) return 0;
-  if (t >= 255.0f) return 255;
-  return static_cast<uint8_t>(t);
+  return trunc_clip8(static_cast<float>(in1) + alpha * static_cast<float>(in2 - in1));
 }
 
 inline int gray_l(int r, int g, int b) {  // Convert.c rgb2l (L24)
@@ -74,11 +78,6 @@ inline double lanczos(double x) {
 }
 
 constexpr int kPrecisionBits = 32 - 8 - 2;
-
-inline uint8_t clip8i(int v) {  // Resample.c clip8: lookup of v >> 22 in [-640, 639]
-  int t = v >> kPrecisionBits;
-  return static_cast<uint8_t>(t < 0 ? 0 : (t > 255 ? 255 : t));
-}
 
 // Resample.c precompute_coeffs + normalize_coeffs_8bpc for outputs [o0, o0 + count) of a
 // LANCZOS resize inSize -> outSize. bounds[2i] = first input, bounds[2i+1] = taps (-1: the
@@ -150,9 +149,7 @@ FASTORALS_CLONES void filter_row(const float* FASTORALS_RESTRICT a, const float*
     ss += (a[x - 1] * k0 + a[x] * k1) + a[x + 1] * k2;
     ss += (b[x - 1] * k3 + b[x] * k4) + b[x + 1] * k5;
     ss += (c[x - 1] * k6 + c[x] * k7) + c[x + 1] * k8;
-    ss = ss < 0.0f ? 0.0f : ss;
-    ss = ss > 255.0f ? 255.0f : ss;
-    out[x] = static_cast<uint8_t>(ss);
+    out[x] = trunc_clip8(ss);
   }
 }
 
@@ -166,52 +163,85 @@ FASTORALS_CLONES void sharpen_row(const float* FASTORALS_RESTRICT a, const float
     ss += (a[x - 1] * k1 + a[x] * k1) + a[x + 1] * k1;
     ss += (b[x - 1] * k1 + b[x] * k5) + b[x + 1] * k1;
     ss += (c[x - 1] * k1 + c[x] * k1) + c[x + 1] * k1;
-    ss = ss < 0.0f ? 0.0f : ss;
-    ss = ss > 255.0f ? 255.0f : ss;
-    float d = static_cast<float>(static_cast<int>(ss));
-    float t = d + alpha * (b[x] - d);
-    t = t < 0.0f ? 0.0f : t;
-    t = t > 255.0f ? 255.0f : t;
-    out[x] = static_cast<uint8_t>(t);
+    float d = static_cast<float>(clamp255(static_cast<int>(ss)));
+    out[x] = trunc_clip8(d + alpha * (b[x] - d));
   }
+}
+
+FASTORALS_CLONES void box_row(const uint8_t* FASTORALS_RESTRICT add, const uint8_t* FASTORALS_RESTRICT sub,
+                              const uint8_t* FASTORALS_RESTRICT far, uint32_t* FASTORALS_RESTRICT acc,
+                              uint8_t* FASTORALS_RESTRICT o, int m, uint32_t ww, uint32_t fw) {
+  for (int j = 0; j < m; ++j) {
+    uint32_t a = acc[j] + uint32_t(add[j]) - uint32_t(sub[j]);
+    acc[j] = a;
+    uint32_t bulk = a * ww + (uint32_t(sub[j]) + uint32_t(far[j])) * fw;
+    o[j] = static_cast<uint8_t>((bulk + (1u << 23)) >> 24);
+  }
+}
+
+FASTORALS_CLONES void acc_add(const uint8_t* FASTORALS_RESTRICT row, uint32_t* FASTORALS_RESTRICT acc, int m,
+                              uint32_t times) {
+  for (int j = 0; j < m; ++j) acc[j] += uint32_t(row[j]) * times;
 }
 
 // One pass of Pillow's box blur along the rows of an n x m plane (each column independently):
 // acc = sum of src[clamp(i-r .. i+r)], out = (acc * ww + (src[clamp(i-r-1)] + src[clamp(i+r+1)]) * fw
 // + 2^23) >> 24, all in uint32 as ImagingLineBoxBlur8.
-FASTORALS_CLONES void box_pass(const uint8_t* FASTORALS_RESTRICT src, uint8_t* FASTORALS_RESTRICT dst, int n, int m,
-                               int r, uint32_t ww, uint32_t fw, uint32_t* FASTORALS_RESTRICT acc) {
+void box_pass(const uint8_t* src, uint8_t* dst, int n, int m, int r, uint32_t ww, uint32_t fw, uint32_t* acc) {
   const int64_t M = m;
-  for (int j = 0; j < m; ++j) acc[j] = uint32_t(src[j]) * uint32_t(r + 1);
+  for (int j = 0; j < m; ++j) acc[j] = 0;
+  acc_add(src, acc, m, uint32_t(r + 1));
   int direct = std::min(r, n);  // rows 0 .. r-1, clamped
-  for (int i = 0; i < direct; ++i) {
-    const uint8_t* row = src + i * M;
-    for (int j = 0; j < m; ++j) acc[j] += row[j];
-  }
-  if (r > n) {
-    const uint8_t* last = src + (n - 1) * M;
-    uint32_t times = uint32_t(r - n);
-    for (int j = 0; j < m; ++j) acc[j] += uint32_t(last[j]) * times;
-  }
+  for (int i = 0; i < direct; ++i) acc_add(src + i * M, acc, m, 1u);
+  if (r > n) acc_add(src + (n - 1) * M, acc, m, uint32_t(r - n));
   for (int i = 0; i < n; ++i) {
-    const uint8_t* add = src + std::min(i + r, n - 1) * M;
-    const uint8_t* sub = src + std::max(i - r - 1, 0) * M;
-    const uint8_t* far = src + std::min(i + r + 1, n - 1) * M;
-    uint8_t* o = dst + i * M;
-    for (int j = 0; j < m; ++j) {
-      uint32_t a = acc[j] + uint32_t(add[j]) - uint32_t(sub[j]);
-      acc[j] = a;
-      uint32_t bulk = a * ww + (uint32_t(sub[j]) + uint32_t(far[j])) * fw;
-      o[j] = static_cast<uint8_t>((bulk + (1u << 23)) >> 24);
-    }
+    box_row(src + std::min(i + r, n - 1) * M, src + std::max(i - r - 1, 0) * M, src + std::min(i + r + 1, n - 1) * M,
+            acc, dst + i * M, m, ww, fw);
   }
 }
 
+#if defined(__SSE2__)
+// 16 x 16 byte tile transpose with SSE2 unpacks (x86-64 baseline).
+inline void transpose_tile16(const uint8_t* src, int64_t ss, uint8_t* dst, int64_t ds) {
+  __m128i a[16], b[16];
+  for (int i = 0; i < 16; ++i) a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i * ss));
+  for (int k = 0; k < 8; ++k) {  // bytes of row pairs
+    b[2 * k] = _mm_unpacklo_epi8(a[2 * k], a[2 * k + 1]);
+    b[2 * k + 1] = _mm_unpackhi_epi8(a[2 * k], a[2 * k + 1]);
+  }
+  for (int g = 0; g < 4; ++g) {  // 16-bit pairs of row quads
+    const __m128i* t = b + 4 * g;
+    a[4 * g + 0] = _mm_unpacklo_epi16(t[0], t[2]);
+    a[4 * g + 1] = _mm_unpackhi_epi16(t[0], t[2]);
+    a[4 * g + 2] = _mm_unpacklo_epi16(t[1], t[3]);
+    a[4 * g + 3] = _mm_unpackhi_epi16(t[1], t[3]);
+  }
+  for (int g = 0; g < 2; ++g) {  // 32-bit pairs of row octets
+    const __m128i* t = a + 8 * g;
+    for (int q = 0; q < 4; ++q) {
+      b[8 * g + 2 * q] = _mm_unpacklo_epi32(t[q], t[q + 4]);
+      b[8 * g + 2 * q + 1] = _mm_unpackhi_epi32(t[q], t[q + 4]);
+    }
+  }
+  for (int j = 0; j < 8; ++j) {  // 64-bit halves: rows 0-7 with rows 8-15
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (2 * j) * ds), _mm_unpacklo_epi64(b[j], b[j + 8]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (2 * j + 1) * ds), _mm_unpackhi_epi64(b[j], b[j + 8]));
+  }
+}
+#endif
+
 void transpose_u8(const uint8_t* src, uint8_t* dst, int n, int m) {  // src n x m -> dst m x n
   constexpr int B = 16;
+  int n16 = 0, m16 = 0;
+#if defined(__SSE2__)
+  n16 = n / B * B;
+  m16 = m / B * B;
+  for (int i0 = 0; i0 < n16; i0 += B)
+    for (int j0 = 0; j0 < m16; j0 += B) transpose_tile16(src + int64_t(i0) * m + j0, m, dst + int64_t(j0) * n + i0, n);
+#endif
   for (int i0 = 0; i0 < n; i0 += B) {
     int i1 = std::min(i0 + B, n);
-    for (int j0 = 0; j0 < m; j0 += B) {
+    for (int j0 = (i0 < n16 ? m16 : 0); j0 < m; j0 += B) {
       int j1 = std::min(j0 + B, m);
       for (int i = i0; i < i1; ++i)
         for (int j = j0; j < j1; ++j) dst[int64_t(j) * n + i] = src[int64_t(i) * m + j];
@@ -219,14 +249,43 @@ void transpose_u8(const uint8_t* src, uint8_t* dst, int n, int m) {  // src n x 
   }
 }
 
-// Vertical Lanczos pass for one output row: out[x] = clip8(2^21 + sum_t tmp[ymin + t][x] * k[t]).
-FASTORALS_CLONES void resample_vrow(const uint8_t* FASTORALS_RESTRICT tmp, int64_t stride, int ymin, int taps,
-                                    const int32_t* FASTORALS_RESTRICT k, uint8_t* FASTORALS_RESTRICT out, int W) {
-  for (int x = 0; x < W; ++x) {
-    int ss = 1 << (kPrecisionBits - 1);
-    for (int t = 0; t < taps; ++t) ss += int(tmp[(ymin + t) * stride + x]) * k[t];
-    out[x] = clip8i(ss);
+// Lanczos pass along the rows of a plane for one output row (each column independently):
+// out[x] = clip8(2^21 + sum_t src[ymin + t][x] * k[t]), int32 as ImagingResampleVertical_8bpc.
+// Integer sums are exact, so accumulating tap by tap over a row equals Pillow's per-pixel order.
+FASTORALS_CLONES void resample_vrow(const uint8_t* FASTORALS_RESTRICT src, int64_t stride, int ymin, int taps,
+                                    const int32_t* FASTORALS_RESTRICT k, uint8_t* FASTORALS_RESTRICT out, int W,
+                                    int32_t* FASTORALS_RESTRICT acc) {
+  for (int x = 0; x < W; ++x) acc[x] = 1 << (kPrecisionBits - 1);
+  for (int t = 0; t < taps; ++t) {
+    const uint8_t* row = src + (ymin + t) * stride;
+    const int32_t kt = k[t];
+    for (int x = 0; x < W; ++x) acc[x] += int32_t(row[x]) * kt;
   }
+  for (int x = 0; x < W; ++x) {
+    int v = acc[x] >> kPrecisionBits;
+    out[x] = static_cast<uint8_t>(clamp255(v));
+  }
+}
+
+// ImageEnhance.Color: blend(L(rgb) replicated, rgb, a) per pixel (Convert.c rgb2l, ImagingBlend).
+FASTORALS_CLONES void color_rows(const uint8_t* FASTORALS_RESTRICT R, const uint8_t* FASTORALS_RESTRICT G,
+                                 const uint8_t* FASTORALS_RESTRICT B, uint8_t* FASTORALS_RESTRICT out, int64_t n,
+                                 float a) {
+  uint8_t* FASTORALS_RESTRICT oR = out;
+  uint8_t* FASTORALS_RESTRICT oG = out + n;
+  uint8_t* FASTORALS_RESTRICT oB = out + 2 * n;
+  for (int64_t i = 0; i < n; ++i) {
+    int r = R[i], g = G[i], b = B[i];
+    int l = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16;
+    float fl = static_cast<float>(l);
+    oR[i] = trunc_clip8(fl + a * static_cast<float>(r - l));
+    oG[i] = trunc_clip8(fl + a * static_cast<float>(g - l));
+    oB[i] = trunc_clip8(fl + a * static_cast<float>(b - l));
+  }
+}
+
+FASTORALS_CLONES void reverse_row(const uint8_t* FASTORALS_RESTRICT in, uint8_t* FASTORALS_RESTRICT out, int n) {
+  for (int i = 0; i < n; ++i) out[i] = in[n - 1 - i];
 }
 
 FASTORALS_CLONES void lut_row(const uint8_t* FASTORALS_RESTRICT in, const uint8_t* FASTORALS_RESTRICT lut,
@@ -544,7 +603,10 @@ void Engine::mirror() {
     for (int y = 0; y < H_; ++y) {
       const uint8_t* r = plane(c) + int64_t(y) * W_;
       uint8_t* o = out + c * HW_ + int64_t(y) * W_;
-      for (int x = 0; x < W_; ++x) o[x] = L[r[W_ - 1 - x]];
+      if (lut_id_)
+        reverse_row(r, o, W_);
+      else
+        for (int x = 0; x < W_; ++x) o[x] = L[r[W_ - 1 - x]];
     }
   }
   commit(out, true);
@@ -692,49 +754,45 @@ void Engine::resize_crop(double zoom) {
   const bool need_h = W2 != W, need_v = H2 != H;
   if (!need_h && !need_v) return;  // Image.resize returns a copy; the crop box is the image
   flush();
+  // Crop box (left, top, left + W, top + H) of the W2 x H2 resized image; with W2 == W the
+  // crop starts at column 0, with H2 == H at row 0. Pillow resizes horizontally first (it only
+  // goes vertical-first when the height shrinks, which zoom >= 1 never does).
   const int left = W2 / 2 - W / 2, top = H2 / 2 - H / 2;
   std::vector<int32_t> hb, hk, vb, vk;
   int hks = 0, vks = 0;
   if (need_h) hks = lanczos_coeffs(W, W2, left, W, hb, hk, s_.kd);
   if (need_v) vks = lanczos_coeffs(H, H2, top, H, vb, vk, s_.kd);
   uint8_t* out = next();
-  uint8_t* tmp = s_.plane[0].data();  // H rows x W crop columns after the horizontal pass
+  uint8_t* P0 = s_.plane[0].data();
+  uint8_t* P1 = s_.plane[1].data();
+  int32_t* acc = s_.idx.data();
   for (int c = 0; c < C_; ++c) {
-    const uint8_t* p = plane(c);
-    const uint8_t* src = p;  // H x W (columns already the crop's when need_h)
+    const uint8_t* src = plane(c);
     if (need_h) {
-      for (int y = 0; y < H; ++y) {
-        const uint8_t* r = p + int64_t(y) * W;
-        uint8_t* o = tmp + int64_t(y) * W;
-        for (int x = 0; x < W; ++x) {
-          int xmin = hb[2 * x], taps = hb[2 * x + 1];
-          if (taps < 0) {
-            o[x] = 0;
-            continue;
-          }
-          const int32_t* k = &hk[size_t(x) * hks];
-          int ss = 1 << (kPrecisionBits - 1);
-          for (int t = 0; t < taps; ++t) ss += int(r[xmin + t]) * k[t];
-          o[x] = clip8i(ss);
-        }
+      // horizontal pass as a pass along the rows of the transposed plane (W rows of H)
+      transpose_u8(src, P0, H, W);
+      for (int x = 0; x < W; ++x) {
+        uint8_t* row = P1 + int64_t(x) * H;
+        int taps = hb[2 * x + 1];
+        if (taps < 0)
+          std::memset(row, 0, size_t(H));
+        else
+          resample_vrow(P0, H, hb[2 * x], taps, &hk[size_t(x) * hks], row, H, acc);
       }
-      src = tmp;
-    } else if (left != 0) {
-      // W2 == W: no horizontal resampling, the crop starts at column 0 (left = 0)
+      transpose_u8(P1, P0, W, H);
+      src = P0;
     }
     uint8_t* o = out + c * HW_;
     if (need_v) {
       for (int y = 0; y < H; ++y) {
-        int ymin = vb[2 * y], taps = vb[2 * y + 1];
         uint8_t* orow = o + int64_t(y) * W;
-        if (taps < 0) {
+        int taps = vb[2 * y + 1];
+        if (taps < 0)
           std::memset(orow, 0, size_t(W));
-          continue;
-        }
-        resample_vrow(src, W, ymin, taps, &vk[size_t(y) * vks], orow, W);
+        else
+          resample_vrow(src, W, vb[2 * y], taps, &vk[size_t(y) * vks], orow, W, acc);
       }
     } else {
-      // H2 == H: top = 0, rows pass through
       std::memcpy(o, src, size_t(HW_));
     }
   }
@@ -871,16 +929,9 @@ void Engine::gaussian_blur(float radius) {
 
 void Engine::color(float a) {
   if (C_ != 3) return;  // L images: the degenerate image is the image itself
+  flush();
   uint8_t* out = next();
-  const uint8_t *R = plane(0), *G = plane(1), *Bp = plane(2);
-  uint8_t *oR = out, *oG = out + HW_, *oB = out + 2 * HW_;
-  for (int64_t i = 0; i < HW_; ++i) {
-    int r = lut_[0][R[i]], g = lut_[1][G[i]], b = lut_[2][Bp[i]];
-    int l = gray_l(r, g, b);
-    oR[i] = blend_px(l, r, a);
-    oG[i] = blend_px(l, g, a);
-    oB[i] = blend_px(l, b, a);
-  }
+  color_rows(plane(0), plane(1), plane(2), out, HW_, a);
   commit(out, true);
 }
 

@@ -1,0 +1,661 @@
+"""Functional API and module: per-sample op chains on uint8 batches, sampled RandAugment-style.
+
+Three layers, each usable on its own:
+
+* :func:`apply_chains` applies explicit per-sample chains (op ids, values, signs) and explicit
+  crop/flip/cutout draws: deterministic, the registered ops underneath.
+* :func:`batch_augment` draws the crop/flip/cutout parameters from a ``torch.Generator`` and
+  calls :func:`apply_chains`.
+* :func:`sample_chains` / :class:`ChainSampler` turn per-sample strengths (levels) into chains,
+  and :class:`BatchAugment` puts sampling and application in one ``nn.Module``.
+
+All random draws happen in PyTorch from the given generator, so the C++, Triton and reference
+backends produce the same images for the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from .._ext import select_backend
+from . import opset as O
+from .ops import augment_apply, augment_apply_reference
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "BatchAugment",
+    "ChainSampler",
+    "Chains",
+    "PipelineDraws",
+    "apply_chains",
+    "batch_augment",
+    "draw_pipeline",
+    "sample_chains",
+]
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+
+MAGNITUDE_MODES = ("monotone", "official")
+_BACKENDS = ("triton", "cpp", "reference")
+
+TensorLike = Union[torch.Tensor, Sequence]
+
+
+# ----------------------------------------------------------------------------- chains
+
+
+@dataclass(frozen=True)
+class Chains:
+    """Per-sample op chains, padded to a common length with op id -1.
+
+    Attributes:
+        ops: int32 [B, K] op ids (see :mod:`fastorals.augment.opset`), -1 = none.
+        magnitudes: float64 [B, K] values on the positive side of each op's identity.
+        signs: int8 [B, K] of +1/-1; -1 maps a signed op's value v to ``2 * identity - v``.
+    """
+
+    ops: torch.Tensor
+    magnitudes: torch.Tensor
+    signs: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.ops.shape[0])
+
+    @property
+    def max_ops(self) -> int:
+        """K, the padded chain length."""
+        return int(self.ops.shape[1])
+
+    def num_ops(self) -> torch.Tensor:
+        """int64 [B]: ops per sample (entries that are not -1)."""
+        return (self.ops >= 0).sum(1)
+
+    def values(self) -> torch.Tensor:
+        """float64 [B, K]: the values the kernels apply (signs folded in)."""
+        return O.signed_values(self.ops, self.magnitudes, self.signs)
+
+    def to(self, device: Union[str, torch.device]) -> Chains:
+        return Chains(self.ops.to(device), self.magnitudes.to(device), self.signs.to(device))
+
+    @classmethod
+    def from_lists(
+        cls,
+        ops: Sequence[Sequence[O.OpLike]],
+        magnitudes: Optional[Sequence[Sequence[float]]] = None,
+        signs: Optional[Sequence[Sequence[int]]] = None,
+    ) -> Chains:
+        """Chains from ragged Python lists (op names or ids), padded with -1.
+
+        Example:
+            >>> Chains.from_lists([["Rotate", "Invert"], []], [[15.0, 0.0], []])
+        """
+        b = len(ops)
+        k = max((len(r) for r in ops), default=0)
+        o = torch.full((b, k), O.NONE, dtype=torch.int32)
+        m = torch.zeros(b, k, dtype=torch.float64)
+        s = torch.ones(b, k, dtype=torch.int8)
+        for i, row in enumerate(ops):
+            for j, op in enumerate(row):
+                o[i, j] = O.op_id(op)
+                if magnitudes is not None:
+                    m[i, j] = float(magnitudes[i][j])
+                if signs is not None:
+                    s[i, j] = int(signs[i][j])
+        return cls(o, m, s)
+
+
+def _as_generator_device(generator: Optional[torch.Generator]) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def _levels_tensor(x: TensorLike, name: str, batch: Optional[int] = None) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+    if t.dtype.is_floating_point:
+        if not torch.all(t == t.round()):
+            raise ValueError(f"{name}: expected whole numbers, got {t}")
+    elif t.dtype == torch.bool or t.dtype.is_complex:
+        raise TypeError(f"{name}: expected an integer tensor, got dtype {t.dtype}")
+    t = t.to(torch.int64)
+    if t.dim() != 1:
+        raise ValueError(f"{name}: expected shape [B], got {tuple(t.shape)}")
+    if batch is not None and t.shape[0] != batch:
+        raise ValueError(f"{name}: expected {batch} entries, got {t.shape[0]}")
+    return t
+
+
+def sample_chains(
+    strengths: TensorLike,
+    *,
+    image_size: Optional[tuple[int, int]] = None,
+    num_ops: Optional[Union[int, TensorLike]] = None,
+    max_level: int = 10,
+    magnitude_mode: str = "monotone",
+    ops: Optional[Sequence[O.OpLike]] = None,
+    strongest: Optional[Mapping[str, float]] = None,
+    official_max_d: float = 30.0,
+    max_ops: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> Chains:
+    """RandAugment-style per-sample chains: sample i gets ``num_ops[i]`` ops drawn uniformly with
+    replacement from ``ops``, each at the magnitude of level ``strengths[i]``.
+
+    With ``num_ops=None`` a strength ``s`` means ``s`` ops at level ``s`` (the CUDA paper).
+
+    Args:
+        strengths: int [B], levels in ``[0, max_level]``.
+        image_size: (H, W); needed by the monotone mapping of TranslateX/Y (a fraction of the side).
+        num_ops: ops per sample: None (= strengths), an int, or int [B].
+        max_level: the strongest level.
+        magnitude_mode: "monotone" (default; distance from identity grows with the level) or
+            "official" (the paper code's ``lo + level / 30 * (hi - lo)``, see :mod:`.opset`).
+        ops: op names or ids to draw from (default: all 22).
+        strongest: monotone mode: overrides of the value at ``max_level`` per op name
+            (defaults :data:`.opset.MONOTONE_STRONGEST`; TranslateX/Y as a fraction of the side).
+        official_max_d: official mode's divisor (30 in the paper's code).
+        max_ops: pad chains to this length K (default: the largest ``num_ops``).
+        generator: source of randomness (its device is where the draws happen).
+    Returns:
+        :class:`Chains` with K = ``max_ops``, on the generator's device (CPU by default).
+
+    Draw order (for reproducibility): op indices [B, K], then signs [B, K].
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> chains = sample_chains(torch.tensor([0, 3, 10]), image_size=(32, 32), generator=g)
+        >>> chains.ops.shape
+        torch.Size([3, 10])
+    """
+    if magnitude_mode not in MAGNITUDE_MODES:
+        raise ValueError(f"magnitude_mode: expected one of {MAGNITUDE_MODES}, got {magnitude_mode!r}")
+    if not isinstance(max_level, int) or isinstance(max_level, bool) or max_level < 1:
+        raise ValueError(f"max_level: expected a positive int, got {max_level!r}")
+    if not (isinstance(official_max_d, (int, float)) and official_max_d > 0):
+        raise ValueError(f"official_max_d: expected a positive number, got {official_max_d!r}")
+    dev = _as_generator_device(generator)
+    levels = _levels_tensor(strengths, "strengths").to(dev)
+    b = levels.shape[0]
+    if b and (int(levels.min()) < 0 or int(levels.max()) > max_level):
+        raise ValueError(
+            f"strengths: expected levels in [0, max_level={max_level}], got min {int(levels.min())}, "
+            f"max {int(levels.max())}"
+        )
+    if num_ops is None:
+        n = levels
+    elif isinstance(num_ops, int) and not isinstance(num_ops, bool):
+        if num_ops < 0:
+            raise ValueError(f"num_ops: expected >= 0, got {num_ops}")
+        n = torch.full((b,), num_ops, dtype=torch.int64, device=dev)
+    else:
+        n = _levels_tensor(num_ops, "num_ops", b).to(dev)
+        if b and int(n.min()) < 0:
+            raise ValueError(f"num_ops: expected >= 0, got min {int(n.min())}")
+    kmax = int(n.max()) if b else 0
+    if max_ops is None:
+        k = kmax
+    else:
+        if not isinstance(max_ops, int) or max_ops < kmax:
+            raise ValueError(f"max_ops: expected an int >= the largest num_ops ({kmax}), got {max_ops!r}")
+        k = max_ops
+    pool = torch.tensor(O.op_ids(ops), dtype=torch.int64, device=dev)
+    choice = torch.randint(0, pool.numel(), (b, k), generator=generator, device=dev)
+    sign_draw = torch.randint(0, 2, (b, k), generator=generator, device=dev)
+    op = pool[choice]
+    active = torch.arange(k, device=dev).unsqueeze(0) < n.unsqueeze(1)
+    op = torch.where(active, op, torch.full_like(op, O.NONE))
+    lvl = levels.to(torch.float64).unsqueeze(1).expand(b, k)
+    idx = op.clamp(min=0)
+
+    if magnitude_mode == "official":
+        lo = torch.tensor([r[0] for r in O.OFFICIAL_RANGES], dtype=torch.float64, device=dev)[idx]
+        hi = torch.tensor([r[1] for r in O.OFFICIAL_RANGES], dtype=torch.float64, device=dev)[idx]
+        mag = (lvl / float(official_max_d)) * (hi - lo) + lo
+        randomly_signed = {O.ROTATE, O.SHEAR_X, O.SHEAR_Y, O.TRANSLATE_X, O.TRANSLATE_Y}
+    else:
+        table = dict(O.MONOTONE_STRONGEST)
+        if strongest:
+            for name, v in strongest.items():
+                key = O.OP_NAMES[O.op_id(name)]
+                if key not in table:
+                    raise ValueError(f"strongest: op {key!r} has no magnitude")
+                if not math.isfinite(float(v)):
+                    raise ValueError(f"strongest: expected a finite value for {key}, got {v!r}")
+                table[key] = float(v)
+        uses_translate = bool(((op == O.TRANSLATE_X) | (op == O.TRANSLATE_Y)).any())
+        if uses_translate and image_size is None:
+            raise ValueError("image_size: needed (H, W) for the monotone TranslateX/Y magnitudes")
+        h, w = (image_size if image_size is not None else (1, 1))
+        strong = [0.0] * O.NUM_OPS
+        for name, v in table.items():
+            strong[O.OP_IDS[name]] = v
+        strong[O.TRANSLATE_X] *= float(w)
+        strong[O.TRANSLATE_Y] *= float(h)
+        ident = torch.tensor([v if v is not None else 0.0 for v in O.IDENTITY], dtype=torch.float64, device=dev)[idx]
+        st = torch.tensor(strong, dtype=torch.float64, device=dev)[idx]
+        mag = (lvl / float(max_level)) * (st - ident) + ident
+        randomly_signed = set(O.SIGNED_OPS)
+    valueless = torch.tensor([not O.takes_value(i) for i in range(O.NUM_OPS)], device=dev)[idx]
+    mag = torch.where(valueless | ~active, torch.zeros_like(mag), mag)
+    signed_mask = torch.tensor([i in randomly_signed for i in range(O.NUM_OPS)], device=dev)[idx] & active
+    signs = torch.where(signed_mask, sign_draw * 2 - 1, torch.ones_like(sign_draw)).to(torch.int8)
+    return Chains(op.to(torch.int32), mag, signs)
+
+
+class ChainSampler:
+    """A configured :func:`sample_chains` (all arguments but the per-call ones).
+
+    Example:
+        >>> sampler = ChainSampler(max_level=10, magnitude_mode="official")
+        >>> chains = sampler(torch.tensor([2, 5]), image_size=(32, 32), generator=g)
+    """
+
+    def __init__(
+        self,
+        *,
+        max_level: int = 10,
+        magnitude_mode: str = "monotone",
+        ops: Optional[Sequence[O.OpLike]] = None,
+        strongest: Optional[Mapping[str, float]] = None,
+        official_max_d: float = 30.0,
+    ) -> None:
+        if magnitude_mode not in MAGNITUDE_MODES:
+            raise ValueError(f"magnitude_mode: expected one of {MAGNITUDE_MODES}, got {magnitude_mode!r}")
+        if not isinstance(max_level, int) or isinstance(max_level, bool) or max_level < 1:
+            raise ValueError(f"max_level: expected a positive int, got {max_level!r}")
+        self.max_level = max_level
+        self.magnitude_mode = magnitude_mode
+        self.ops = O.op_ids(ops)
+        self.strongest = dict(strongest) if strongest else None
+        self.official_max_d = official_max_d
+
+    def __call__(
+        self,
+        strengths: TensorLike,
+        *,
+        image_size: Optional[tuple[int, int]] = None,
+        num_ops: Optional[Union[int, TensorLike]] = None,
+        max_ops: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> Chains:
+        return sample_chains(
+            strengths, image_size=image_size, num_ops=num_ops, max_level=self.max_level,
+            magnitude_mode=self.magnitude_mode, ops=self.ops, strongest=self.strongest,
+            official_max_d=self.official_max_d, max_ops=max_ops, generator=generator,
+        )
+
+    def __repr__(self) -> str:
+        return (f"ChainSampler(max_level={self.max_level}, magnitude_mode={self.magnitude_mode!r}, "
+                f"ops={[O.OP_NAMES[i] for i in self.ops]})")
+
+
+# ----------------------------------------------------------------------------- pipeline draws
+
+
+@dataclass(frozen=True)
+class PipelineDraws:
+    """Per-sample draws of the base pipeline.
+
+    Attributes:
+        crop: int32 [B, 2] (dy, dx) in ``[-padding, padding]``: output pixel (y, x) is input pixel
+            (y + dy, x + dx), zero outside (``RandomCrop(size, padding)``).
+        flip: bool [B]: mirror left-right after the crop (``RandomHorizontalFlip``).
+        cutout: int32 [B, 4] (y1, y2, x1, x2): the Cutout box (empty when y1 >= y2 or x1 >= x2).
+    """
+
+    crop: torch.Tensor
+    flip: torch.Tensor
+    cutout: torch.Tensor
+
+
+def draw_pipeline(
+    batch_size: int,
+    height: int,
+    width: int,
+    *,
+    crop_padding: int = 0,
+    flip_prob: float = 0.0,
+    cutout: int = 0,
+    generator: Optional[torch.Generator] = None,
+) -> PipelineDraws:
+    """Draw random crop offsets, flips and Cutout boxes, as the paper's pipeline does.
+
+    Cutout follows the paper's code: a centre (cy, cx) uniform over the image, the box
+    ``[cy - L//2, cy + L//2) x [cx - L//2, cx + L//2)`` clipped to the image.
+
+    Args:
+        batch_size, height, width: the batch geometry.
+        crop_padding: zero padding of the random crop (0: no crop).
+        flip_prob: probability of a horizontal flip.
+        cutout: Cutout side L (0: none).
+        generator: source of randomness.
+    Returns:
+        :class:`PipelineDraws` on the generator's device. Draw order: crop [B, 2], flips [B],
+        cutout centres y [B] then x [B]; a disabled stage draws nothing.
+    """
+    for name, v in (("batch_size", batch_size), ("height", height), ("width", width)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "batch_size" else 1):
+            raise ValueError(f"{name}: expected a {'non-negative' if name == 'batch_size' else 'positive'} int, got {v!r}")
+    if not isinstance(crop_padding, int) or crop_padding < 0:
+        raise ValueError(f"crop_padding: expected an int >= 0, got {crop_padding!r}")
+    if not (isinstance(flip_prob, (int, float)) and 0.0 <= float(flip_prob) <= 1.0):
+        raise ValueError(f"flip_prob: expected a probability in [0, 1], got {flip_prob!r}")
+    if not isinstance(cutout, int) or cutout < 0:
+        raise ValueError(f"cutout: expected an int >= 0 (hole side), got {cutout!r}")
+    dev = _as_generator_device(generator)
+    b = batch_size
+    if crop_padding > 0:
+        crop = torch.randint(-crop_padding, crop_padding + 1, (b, 2), generator=generator, device=dev)
+    else:
+        crop = torch.zeros(b, 2, dtype=torch.int64, device=dev)
+    if flip_prob > 0:
+        flip = torch.rand(b, generator=generator, device=dev) < float(flip_prob)
+    else:
+        flip = torch.zeros(b, dtype=torch.bool, device=dev)
+    if cutout > 0:
+        cy = torch.randint(0, height, (b,), generator=generator, device=dev)
+        cx = torch.randint(0, width, (b,), generator=generator, device=dev)
+        half = cutout // 2
+        box = torch.stack([(cy - half).clamp(0, height), (cy + half).clamp(0, height),
+                           (cx - half).clamp(0, width), (cx + half).clamp(0, width)], 1)
+    else:
+        box = torch.zeros(b, 4, dtype=torch.int64, device=dev)
+    return PipelineDraws(crop.to(torch.int32), flip, box.to(torch.int32))
+
+
+# ----------------------------------------------------------------------------- application
+
+
+def _channel_vector(x, c: int, name: str, device: torch.device) -> torch.Tensor:
+    t = torch.as_tensor(x, dtype=torch.float32).flatten().to(device)
+    if t.numel() == 1:
+        t = t.expand(c).contiguous()
+    if t.numel() != c:
+        raise ValueError(f"{name}: expected {c} values (one per channel), got {t.numel()}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name}: expected finite values")
+    return t
+
+
+def _int_param(x: Optional[TensorLike], shape: tuple[int, ...], name: str, device: torch.device) -> torch.Tensor:
+    if x is None:
+        return torch.zeros(shape, dtype=torch.int32, device=device)
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+    if t.dtype.is_floating_point or t.dtype.is_complex:
+        raise TypeError(f"{name}: expected an integer tensor, got dtype {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name}: expected shape {list(shape)}, got {list(t.shape)}")
+    return t.to(device=device, dtype=torch.int32).contiguous()
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images: expected a torch.Tensor, got {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise TypeError(f"images: expected dtype torch.uint8 (0..255 pixels), got {images.dtype}")
+    if images.dim() != 4:
+        raise ValueError(f"images: expected shape [B, C, H, W] (rank 4), got rank {images.dim()} {list(images.shape)}")
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"images: expected 1 (L) or 3 (RGB) channels, got C={images.shape[1]}")
+    if images.shape[2] < 1 or images.shape[3] < 1:
+        raise ValueError(f"images: expected H, W >= 1, got {list(images.shape)}")
+
+
+def _canonical_chain(
+    images: torch.Tensor, ops: TensorLike, magnitudes: TensorLike, signs: Optional[TensorLike], validate: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    b = images.shape[0]
+    dev = images.device
+    o = ops if isinstance(ops, torch.Tensor) else torch.as_tensor(ops)
+    if o.dtype.is_floating_point or o.dtype == torch.bool or o.dtype.is_complex:
+        raise TypeError(f"ops: expected an integer tensor of op ids, got dtype {o.dtype}")
+    if o.dim() != 2 or o.shape[0] != b:
+        raise ValueError(f"ops: expected shape [B={b}, K], got {list(o.shape)}")
+    k = o.shape[1]
+    m = magnitudes if isinstance(magnitudes, torch.Tensor) else torch.as_tensor(magnitudes, dtype=torch.float64)
+    if m.dtype == torch.bool or m.dtype.is_complex:
+        raise TypeError(f"magnitudes: expected a real tensor, got dtype {m.dtype}")
+    if tuple(m.shape) != (b, k):
+        raise ValueError(f"magnitudes: expected shape [B={b}, K={k}] like ops, got {list(m.shape)}")
+    o = o.to(device=dev, dtype=torch.int32)
+    m = m.to(device=dev, dtype=torch.float64)
+    s = None
+    if signs is not None:
+        s = signs if isinstance(signs, torch.Tensor) else torch.as_tensor(signs)
+        if tuple(s.shape) != (b, k):
+            raise ValueError(f"signs: expected shape [B={b}, K={k}] like ops, got {list(s.shape)}")
+        s = s.to(dev)
+    if validate and o.numel():
+        bad = (o < O.NONE) | (o >= O.NUM_OPS)
+        if bool(bad.any()):
+            i, j = (int(v) for v in bad.nonzero()[0])
+            raise ValueError(f"ops: unknown op id {int(o[i, j])} at [{i}, {j}], expected -1..{O.NUM_OPS - 1}")
+        if not bool(torch.isfinite(m).all()):
+            raise ValueError("magnitudes: expected finite values (got NaN or inf)")
+        if s is not None and not bool(((s == 1) | (s == -1)).all()):
+            raise ValueError("signs: expected +1 or -1 entries")
+    v = O.signed_values(o, m, s)
+    if validate and o.numel():
+        t = O.tables(dev)
+        idx = o.long().clamp(min=0)
+        out = (o >= 0) & ((v < t.lo[idx]) | (v > t.hi[idx]))
+        if bool(out.any()):
+            i, j = (int(x) for x in out.nonzero()[0])
+            op = int(o[i, j])
+            lo, hi = O.DOMAIN[op]
+            raise ValueError(
+                f"magnitudes: value {float(v[i, j])!r} of {O.OP_NAMES[op]} at [{i}, {j}] is outside its domain [{lo}, {hi}]"
+            )
+    return o.contiguous(), v.contiguous()
+
+
+def apply_chains(
+    images: torch.Tensor,
+    ops: TensorLike,
+    magnitudes: TensorLike,
+    signs: Optional[TensorLike] = None,
+    *,
+    crop: Optional[TensorLike] = None,
+    flip: Optional[TensorLike] = None,
+    cutout: Optional[TensorLike] = None,
+    mean: Optional[Union[Sequence[float], torch.Tensor]] = None,
+    std: Optional[Union[Sequence[float], torch.Tensor]] = None,
+    out_dtype: Optional[torch.dtype] = None,
+    validate: bool = True,
+) -> torch.Tensor:
+    """Apply each sample's own chain of ops, with explicit crop/flip/cutout draws.
+
+    Per sample, in order (the paper's pipeline): crop with zero padding, horizontal flip, the
+    ops of its chain left to right, then (float output) ``x / 255``, Cutout, Normalize. Every op
+    reproduces Pillow's pixels (see :mod:`fastorals.augment.opset`).
+
+    Args:
+        images: uint8 [B, C, H, W], C = 1 or 3; CPU (C++ kernel) or CUDA (Triton kernel).
+        ops: int [B, K] op ids, -1 = none.
+        magnitudes: float [B, K] op values (PIL units, see :mod:`.opset`).
+        signs: [B, K] of +1/-1 or None; -1 maps a signed op's value v to ``2 * identity - v``.
+        crop: int [B, 2] (dy, dx) offsets (see :class:`PipelineDraws`), None = no crop.
+        flip: bool [B] horizontal flips, None = none.
+        cutout: int [B, 4] (y1, y2, x1, x2) boxes, None = none.
+        mean, std: per-channel Normalize (after ``x / 255``); a scalar applies to all channels.
+        out_dtype: torch.uint8 or torch.float32 (default: float32 when mean/std are given).
+        validate: check op ids, finiteness and each value's domain (one host sync on CUDA).
+    Returns:
+        uint8 or float32 [B, C, H, W] on the images' device.
+
+    Example:
+        >>> x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+        >>> ops = torch.tensor([[10, 7], [5, -1]])          # Rotate+Invert, AutoContrast
+        >>> y = apply_chains(x, ops, torch.tensor([[15.0, 0.0], [0.0, 0.0]]))
+    """
+    _check_images(images)
+    b, c, h, w = images.shape
+    dev = images.device
+    o, v = _canonical_chain(images, ops, magnitudes, signs, validate)
+    crop_t = _int_param(crop, (b, 2), "crop", dev)
+    cut_t = _int_param(cutout, (b, 4), "cutout", dev)
+    if flip is None:
+        flip_t = torch.zeros(b, dtype=torch.uint8, device=dev)
+    else:
+        f = flip if isinstance(flip, torch.Tensor) else torch.as_tensor(flip)
+        if f.dtype.is_floating_point or f.dtype.is_complex:
+            raise TypeError(f"flip: expected a bool tensor, got dtype {f.dtype}")
+        if tuple(f.shape) != (b,):
+            raise ValueError(f"flip: expected shape [B={b}], got {list(f.shape)}")
+        flip_t = (f != 0).to(device=dev, dtype=torch.uint8)
+    if validate and b:
+        if bool((crop_t.abs() > max(h, w)).any()):
+            raise ValueError(f"crop: expected offsets within [-{max(h, w)}, {max(h, w)}] (image side)")
+    normalize = mean is not None or std is not None
+    if normalize and (mean is None or std is None):
+        raise ValueError("mean, std: give both or neither")
+    if out_dtype is None:
+        out_dtype = torch.float32 if normalize else torch.uint8
+    if out_dtype not in (torch.uint8, torch.float32):
+        raise TypeError(f"out_dtype: expected torch.uint8 or torch.float32, got {out_dtype}")
+    if normalize and out_dtype == torch.uint8:
+        raise ValueError("out_dtype: Normalize (mean/std) needs out_dtype=torch.float32")
+    mean_t = _channel_vector(mean if normalize else 0.0, c, "mean", dev)
+    std_t = _channel_vector(std if normalize else 1.0, c, "std", dev)
+    if normalize and bool((std_t == 0).any()):
+        raise ValueError("std: expected non-zero values")
+    float_out = out_dtype == torch.float32
+    images = images.contiguous()
+    backend = select_backend("augment", dev, _BACKENDS)
+    if backend == "cpp":
+        return augment_apply(images, o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out)
+    if backend == "triton":
+        from .triton import augment_apply_triton
+
+        return augment_apply_triton(images, o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out)
+    return augment_apply_reference(images, o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out)
+
+
+def batch_augment(
+    images: torch.Tensor,
+    ops: TensorLike,
+    magnitudes: TensorLike,
+    signs: Optional[TensorLike] = None,
+    generator: Optional[torch.Generator] = None,
+    *,
+    crop_padding: int = 0,
+    flip_prob: float = 0.0,
+    cutout: int = 0,
+    mean: Optional[Union[Sequence[float], torch.Tensor]] = None,
+    std: Optional[Union[Sequence[float], torch.Tensor]] = None,
+    out_dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """Per-sample chains plus the random base pipeline, drawn from ``generator``.
+
+    Args:
+        images: uint8 [B, C, H, W].
+        ops, magnitudes, signs: the chains, as in :func:`apply_chains` (e.g. a :class:`Chains`'s).
+        generator: draws the crop offsets, flips and Cutout boxes (:func:`draw_pipeline`).
+        crop_padding, flip_prob, cutout: the base pipeline (``RandomCrop(H, padding)``,
+            ``RandomHorizontalFlip(p)``, ``Cutout(1 hole, side)``); 0 disables a stage.
+        mean, std, out_dtype: as in :func:`apply_chains`.
+    Returns:
+        uint8 or float32 [B, C, H, W].
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> chains = sample_chains(torch.full((128,), 3), image_size=(32, 32), generator=g)
+        >>> x = batch_augment(images, chains.ops, chains.magnitudes, chains.signs, g,
+        ...                   crop_padding=4, flip_prob=0.5, cutout=16,
+        ...                   mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    """
+    _check_images(images)
+    b, _, h, w = images.shape
+    d = draw_pipeline(b, h, w, crop_padding=crop_padding, flip_prob=flip_prob, cutout=cutout, generator=generator)
+    return apply_chains(images, ops, magnitudes, signs, crop=d.crop, flip=d.flip, cutout=d.cutout,
+                        mean=mean, std=std, out_dtype=out_dtype)
+
+
+class BatchAugment(nn.Module):
+    """Per-sample strengths in, augmented (and normalized) batch out: sampler + pipeline + kernel.
+
+    Args:
+        max_level, magnitude_mode, ops, strongest, official_max_d: the :class:`ChainSampler`.
+        crop_padding, flip_prob, cutout: the base pipeline (0 disables a stage).
+        mean, std: Normalize (None: none).
+        out_dtype: torch.uint8 or torch.float32 (default: float32 when mean/std are given).
+
+    Example:
+        >>> aug = BatchAugment.cifar(cutout=16)            # crop 4, flip 0.5, CIFAR mean/std
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = aug(images, strengths=torch.randint(0, 11, (128,)), generator=g)  # float32
+    """
+
+    def __init__(
+        self,
+        *,
+        max_level: int = 10,
+        magnitude_mode: str = "monotone",
+        ops: Optional[Sequence[O.OpLike]] = None,
+        strongest: Optional[Mapping[str, float]] = None,
+        official_max_d: float = 30.0,
+        crop_padding: int = 0,
+        flip_prob: float = 0.0,
+        cutout: int = 0,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+        out_dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        self.sampler = ChainSampler(max_level=max_level, magnitude_mode=magnitude_mode, ops=ops,
+                                    strongest=strongest, official_max_d=official_max_d)
+        draw_pipeline(0, 1, 1, crop_padding=crop_padding, flip_prob=flip_prob, cutout=cutout)  # validates
+        if (mean is None) != (std is None):
+            raise ValueError("mean, std: give both or neither")
+        self.crop_padding = crop_padding
+        self.flip_prob = float(flip_prob)
+        self.cutout = cutout
+        self.mean = None if mean is None else tuple(float(v) for v in mean)
+        self.std = None if std is None else tuple(float(v) for v in std)
+        self.out_dtype = out_dtype
+
+    @classmethod
+    def cifar(cls, **kwargs) -> BatchAugment:
+        """The paper's CIFAR pipeline: crop 32 with padding 4, flip 0.5, CIFAR mean/std (float32)."""
+        kw = dict(crop_padding=4, flip_prob=0.5, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+        kw.update(kwargs)
+        return cls(**kw)
+
+    @property
+    def max_level(self) -> int:
+        return self.sampler.max_level
+
+    @property
+    def magnitude_mode(self) -> str:
+        return self.sampler.magnitude_mode
+
+    def sample(self, strengths: TensorLike, image_size: tuple[int, int],
+               generator: Optional[torch.Generator] = None, num_ops: Optional[Union[int, TensorLike]] = None) -> Chains:
+        """Chains for per-sample strengths (see :func:`sample_chains`)."""
+        return self.sampler(strengths, image_size=image_size, num_ops=num_ops, generator=generator)
+
+    def forward(self, images: torch.Tensor, strengths: TensorLike, generator: Optional[torch.Generator] = None,
+                num_ops: Optional[Union[int, TensorLike]] = None) -> torch.Tensor:
+        """Augment ``images`` (uint8 [B, C, H, W]) at per-sample ``strengths`` (int [B]).
+
+        Draw order from ``generator``: the chains (:func:`sample_chains`), then the pipeline
+        (:func:`draw_pipeline`).
+        """
+        _check_images(images)
+        b, _, h, w = images.shape
+        lv = _levels_tensor(strengths, "strengths", b)
+        chains = self.sample(lv, (h, w), generator=generator, num_ops=num_ops)
+        return batch_augment(images, chains.ops, chains.magnitudes, chains.signs, generator,
+                             crop_padding=self.crop_padding, flip_prob=self.flip_prob, cutout=self.cutout,
+                             mean=self.mean, std=self.std, out_dtype=self.out_dtype)
+
+    def extra_repr(self) -> str:
+        return (f"max_level={self.max_level}, magnitude_mode={self.magnitude_mode!r}, "
+                f"crop_padding={self.crop_padding}, flip_prob={self.flip_prob}, cutout={self.cutout}, "
+                f"normalize={self.mean is not None}")
