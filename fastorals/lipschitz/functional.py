@@ -137,10 +137,13 @@ def _check_conv(x: torch.Tensor, kernel: torch.Tensor, bias: Optional[torch.Tens
             raise ValueError(f"{vec_name}: expected shape ({m},), got {tuple(vec.shape)}")
 
 
-def _backend(op: str, device: torch.device, implemented=_DENSE_IMPL) -> str:
+def _backend(op: str, device: torch.device, implemented=_DENSE_IMPL, dtype: Optional[torch.dtype] = None) -> str:
     if gates_open():
         return "reference"
-    return select_backend(op, device, implemented)
+    backend = select_backend(op, device, implemented)
+    if backend == "triton" and dtype == torch.float64:
+        return "torch"  # the Triton kernels cover float32/float16/bfloat16; float64 runs the PyTorch ops
+    return backend
 
 
 # ----------------------------------------------------------------------------- dense SLL
@@ -164,7 +167,7 @@ def sll_t(weight: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     _check_same("q", q, weight)
     if q.shape != (weight.shape[0],):
         raise ValueError(f"q: expected shape ({weight.shape[0]},), got {tuple(q.shape)}")
-    backend = _backend("lipschitz.sll_t", weight.device)
+    backend = _backend("lipschitz.sll_t", weight.device, dtype=weight.dtype)
     if backend == "reference":
         return ref.sll_dense_t(weight, q)
     if backend == "triton":
@@ -204,7 +207,7 @@ def sll_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         >>> y = sll_linear(torch.randn(64, 1024), torch.randn(2048, 1024) * 0.03, None, torch.zeros(2048))
     """
     _check_dense(x, weight, bias, q, "q")
-    backend = _backend("lipschitz.sll_linear", x.device)
+    backend = _backend("lipschitz.sll_linear", x.device, dtype=x.dtype)
     if backend == "reference":
         t = ref.sll_dense_t(weight, q)
     elif backend == "triton":
@@ -229,7 +232,7 @@ def cpl_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         [..., n].
     """
     _check_dense(x, weight, bias, None, "")
-    backend = _backend("lipschitz.cpl_linear", x.device)
+    backend = _backend("lipschitz.cpl_linear", x.device, dtype=x.dtype)
     scale = (2.0 / sigma.reshape(()) ** 2).expand(weight.shape[0])
     return _residual_dense(x, weight, bias, scale, backend)
 
@@ -259,7 +262,7 @@ def aol_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 
 def aol_scale(weight: torch.Tensor) -> torch.Tensor:
     """AOL column scaling ``d`` of a dense weight [out, in] (the in x in Gram is formed strip-wise)."""
-    backend = _backend("lipschitz.aol_scale", weight.device)
+    backend = _backend("lipschitz.aol_scale", weight.device, dtype=weight.dtype)
     if backend == "reference":
         return ref.aol_dense_scale(weight)
     wt = weight.T
