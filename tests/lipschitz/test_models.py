@@ -1,0 +1,107 @@
+"""SLL network builders, export to plain layers, official checkpoint loading."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+
+from fastorals import lipschitz as L
+from fastorals.testing import assert_close, assert_raises
+
+
+def test_paper_configs():
+    assert L.SLL_CONFIGS == {"small": (20, 7, 45, 2048), "medium": (30, 10, 60, 2048),
+                             "large": (50, 10, 90, 2048), "xlarge": (70, 15, 120, 2048)}
+    net = L.sll_small(10)
+    convs = [m for m in net.modules() if isinstance(m, L.SLLConv2d)]
+    dense = [m for m in net.modules() if isinstance(m, L.SLLLinear)]
+    assert len(convs) == 20 and len(dense) == 7
+    assert all(c.channels == 45 and c.inner_channels == 5 and c.kernel_size == 3 for c in convs)
+    assert all(d.features == 45 * 64 and d.inner_features == 2048 for d in dense)
+    assert net.head.out_features == 10
+    with torch.no_grad():
+        assert net.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_builders_accept_options():
+    net = L.sll_medium(100, image_size=16, mean=None)
+    assert isinstance(net.shift, nn.Identity)
+    assert net.head.out_features == 100
+    assert net.model[-2].features == 60 * 16
+
+
+def _official_state(net: L.SLLNetwork) -> dict:
+    """The paper's code names: DataParallel(NormalizedModel(LipschitzNetwork)) and kernel/bias shapes."""
+    out = {}
+    for k, v in net.state_dict().items():
+        if k.startswith("shift."):
+            continue
+        idx, name = k.split(".")[1:]
+        layer = net.model[int(idx)]
+        if isinstance(layer, L.SLLConv2d):
+            name = {"weight": "kernel"}.get(name, name)
+            if name == "bias":
+                v = v.view(1, -1, 1, 1)
+        elif isinstance(layer, L.SLLLinear) and name == "bias":
+            v = v.view(1, -1)
+        out[f"module.model.model.{idx}.{name}"] = v.clone()
+    out["module.model.model.1.alpha"] = torch.zeros(1)
+    return out
+
+
+def test_load_official_checkpoint_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    src = L.SLLNetwork(10, n_conv=3, n_dense=2, width=8, dense_inner=64)
+    path = tmp_path / "model.ckpt-1.pth"
+    torch.save({"model_state_dict": _official_state(src), "epoch": 1}, path)
+    dst = L.SLLNetwork(10, n_conv=3, n_dense=2, width=8, dense_inner=64)
+    L.load_official_checkpoint(dst, str(path))
+    x = torch.rand(3, 3, 32, 32)
+    src.eval()
+    dst.eval()
+    assert_close(dst(x), src(x))
+    wrong = L.SLLNetwork(10, n_conv=3, n_dense=2, width=9, dense_inner=64)
+    with assert_raises(ValueError, "shape"):
+        L.load_official_checkpoint(wrong, str(path))
+    short = {k: v for k, v in _official_state(src).items() if ".7." not in k}
+    with assert_raises(ValueError, "lacks"):
+        L.load_official_checkpoint(dst, short)
+    with assert_raises(ValueError, "no sll parameters"):
+        L.convert_official_state_dict({"foo": torch.zeros(1)})
+
+
+def test_export_model_matches_and_is_plain():
+    torch.manual_seed(0)
+    net = L.SLLNetwork(5, n_conv=2, n_dense=2, width=6, dense_inner=40, image_size=16)
+    net.model.insert(2, L.SLLConv2d(6, 3, 5, stride=2))
+    x = torch.rand(4, 3, 16, 16)
+    net.eval()
+    exported = L.export_model(net, input_size=(1, 3, 16, 16))
+    assert net.model[1].__class__ is L.SLLConv2d  # the original is untouched
+    for m in exported.modules():
+        assert not isinstance(m, (L.SLLConv2d, L.SLLLinear, L.LinearNormalized))
+    assert_close(exported(x), net(x), atol=1e-5, rtol=1e-4)
+    ep = torch.export.export(exported, (x,))
+    assert_close(ep.module()(x), net(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="onnx is not installed")
+def test_export_to_onnx(tmp_path):
+    net = L.SLLNetwork(3, n_conv=1, n_dense=1, width=4, dense_inner=16, image_size=8).eval()
+    torch.onnx.export(L.export_model(net), (torch.rand(1, 3, 8, 8),), str(tmp_path / "m.onnx"))
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+
+
+def test_network_errors():
+    with assert_raises(ValueError, "image_size", "multiple of 4"):
+        L.SLLNetwork(10, 1, 1, 4, image_size=30)
+    with assert_raises(ValueError, "num_classes"):
+        L.SLLNetwork(1, 1, 1, 4)
+    with assert_raises(ValueError, "mean"):
+        L.SLLNetwork(10, 1, 1, 4, mean=(0.5,))
+    net = L.SLLNetwork(10, 1, 1, 4, dense_inner=8)
+    with assert_raises(ValueError, "x", "32"):
+        net(torch.rand(1, 3, 16, 16))
