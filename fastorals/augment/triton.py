@@ -1,0 +1,560 @@
+"""Triton kernel: the whole batch in one launch, one program per image (GPU; CPU under
+``TRITON_INTERPRET=1``).
+
+Each program loads its image (random crop with zero padding and flip fused into the load) into
+a ping-pong pair of global scratch images, runs its chain op by op over tiles of ``BLOCK``
+pixels with a CTA barrier between ops, and writes uint8 or ``(x / 255 - mean) / std`` float32
+with its Cutout box. Op families:
+
+* pointwise (Invert, Posterize, Solarize, SolarizeAdd, Brightness, Contrast, Color): in place;
+* histogram (AutoContrast, Equalize): ``tl.histogram`` per channel, the 256-entry table built in
+  registers, then a table gather in place;
+* 3x3 filters (EdgeEnhance, Detail, Smooth, Sharpness): 9 gathers, float32 in Pillow's order;
+* GaussianBlur: Pillow's extended box blur, 3 horizontal + 3 vertical window passes;
+* ResizeCrop: Lanczos coefficients computed per pixel in float64, horizontal then vertical pass;
+* geometric (Flip, Mirror, Rotate, Shear, Translate): an index gather, with Pillow's 16.16 fixed
+  point for rotations and shears (the matrices are built on the device before the launch).
+
+Float arithmetic is exact IEEE (``div_rn`` for float32 division, float64 division and sqrt are
+correctly rounded; the launch disables FMA contraction) so results
+match the C++ kernel and Pillow; see the module README for the remaining differences.
+Registered as ``fastorals::augment_apply_triton``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from . import opset as O
+
+BLOCK = 1024
+
+
+def _f32(num: float, den: float) -> float:
+    return float(np.float32(num) / np.float32(den))
+
+
+# Pillow's 3x3 kernels divided by their scale, as float32 (row y+1 first, as ImagingFilter3x3).
+_KERNELS = {
+    0: [_f32(k, 2) for k in (-1, -1, -1, -1, 10, -1, -1, -1, -1)],   # EDGE_ENHANCE
+    1: [_f32(k, 6) for k in (0, -1, 0, -1, 10, -1, 0, -1, 0)],       # DETAIL
+    2: [_f32(k, 13) for k in (1, 1, 1, 1, 5, 1, 1, 1, 1)],           # SMOOTH
+}
+
+
+@triton.jit
+def _clip8(t):
+    """Truncate a float toward zero and clamp to [0, 255] (= Pillow's clip8 / blend clipping)."""
+    v = t.to(tl.int32)
+    return tl.minimum(tl.maximum(v, 0), 255)
+
+
+@triton.jit
+def _sinc(x):
+    px = x * 3.141592653589793
+    safe = tl.where(x == 0.0, 1.0, px)
+    return tl.where(x == 0.0, 1.0, tl.sin(safe) / safe)
+
+
+@triton.jit
+def _lanczos(x):
+    inside = (x >= -3.0) & (x < 3.0)
+    return tl.where(inside, _sinc(x) * _sinc(x / 3.0), 0.0)
+
+
+@triton.jit
+def _geometric(src, dst, C, H, W, kind, a0, a1, a2, a3, a4, a5, BLOCK: tl.constexpr):
+    HW = H * W
+    Wf = W.to(tl.float64)
+    Hf = H.to(tl.float64)
+    is_scale = (a1 == 0.0) & (a3 == 0.0)
+    ok00 = (tl.abs(a2) < 32768.0) & (tl.abs(a5) < 32768.0)
+    okWH = (tl.abs(Wf * a0 + Hf * a1 + a2) < 32768.0) & (tl.abs(Wf * a3 + Hf * a4 + a5) < 32768.0)
+    ok0H = (tl.abs(0.0 * a0 + Hf * a1 + a2) < 32768.0) & (tl.abs(0.0 * a3 + Hf * a4 + a5) < 32768.0)
+    okW0 = (tl.abs(Wf * a0 + 0.0 * a1 + a2) < 32768.0) & (tl.abs(Wf * a3 + 0.0 * a4 + a5) < 32768.0)
+    fixed = ok00 & okWH & ok0H & okW0
+    f0 = tl.floor(a0 * 65536.0 + 0.5).to(tl.int32)
+    f1 = tl.floor(a1 * 65536.0 + 0.5).to(tl.int32)
+    f3 = tl.floor(a3 * 65536.0 + 0.5).to(tl.int32)
+    f4 = tl.floor(a4 * 65536.0 + 0.5).to(tl.int32)
+    f2 = tl.floor((a2 + a0 * 0.5 + a1 * 0.5) * 65536.0 + 0.5).to(tl.int32)
+    f5 = tl.floor((a5 + a3 * 0.5 + a4 * 0.5) * 65536.0 + 0.5).to(tl.int32)
+    for t in range(0, tl.cdiv(HW, BLOCK)):
+        offs = t * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < HW
+        y = offs // W
+        x = offs - y * W
+        if kind == 0:  # Flip (top-bottom)
+            sy = H - 1 - y
+            sx = x
+        elif kind == 1:  # Mirror
+            sy = y
+            sx = W - 1 - x
+        elif kind == 3:  # rotate 180
+            sy = H - 1 - y
+            sx = W - 1 - x
+        elif kind == 4:  # rotate 90 (square)
+            sy = x
+            sx = W - 1 - y
+        elif kind == 5:  # rotate 270 (square)
+            sy = H - 1 - x
+            sx = y
+        else:  # affine, nearest neighbour (ImagingTransformAffine)
+            xd = x.to(tl.float64)
+            yd = y.to(tl.float64)
+            # ImagingScaleAffine
+            xs = a2 + a0 * 0.5 + xd * a0
+            ys = a5 + a4 * 0.5 + yd * a4
+            # 16.16 fixed point
+            xx = f2 + y * f1 + x * f0
+            yy = f5 + y * f4 + x * f3
+            # floating point fallback
+            xg = a2 + a1 * 0.5 + a0 * 0.5 + yd * a1 + xd * a0
+            yg = a5 + a4 * 0.5 + a3 * 0.5 + yd * a4 + xd * a3
+            xf = tl.where(is_scale, xs, xg)
+            yf = tl.where(is_scale, ys, yg)
+            cx = tl.where(xf < 0.0, -1, xf.to(tl.int32))
+            cy = tl.where(yf < 0.0, -1, yf.to(tl.int32))
+            use_fixed = fixed & (is_scale == 0)
+            sx = tl.where(use_fixed, xx >> 16, cx)
+            sy = tl.where(use_fixed, yy >> 16, cy)
+        valid = mask & (sx >= 0) & (sx < W) & (sy >= 0) & (sy < H)
+        idx = sy * W + sx
+        for c in range(0, C):
+            v = tl.load(src + c * HW + idx, mask=valid, other=0)
+            tl.store(dst + c * HW + offs, v, mask=mask)
+
+
+@triton.jit
+def _filter3x3(src, dst, C, H, W, alpha,
+               k0, k1, k2, k3, k4, k5, k6, k7, k8, SHARPEN: tl.constexpr, BLOCK: tl.constexpr):
+    HW = H * W
+    for t in range(0, tl.cdiv(HW, BLOCK)):
+        offs = t * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < HW
+        y = offs // W
+        x = offs - y * W
+        inner = mask & (y >= 1) & (y < H - 1) & (x >= 1) & (x < W - 1)
+        for c in range(0, C):
+            base = src + c * HW
+            p = base + offs
+            v = tl.load(p, mask=mask, other=0)
+            a0 = tl.load(p + W - 1, mask=inner, other=0).to(tl.float32)
+            a1 = tl.load(p + W, mask=inner, other=0).to(tl.float32)
+            a2 = tl.load(p + W + 1, mask=inner, other=0).to(tl.float32)
+            b0 = tl.load(p - 1, mask=inner, other=0).to(tl.float32)
+            b1 = v.to(tl.float32)
+            b2 = tl.load(p + 1, mask=inner, other=0).to(tl.float32)
+            c0 = tl.load(p - W - 1, mask=inner, other=0).to(tl.float32)
+            c1 = tl.load(p - W, mask=inner, other=0).to(tl.float32)
+            c2 = tl.load(p - W + 1, mask=inner, other=0).to(tl.float32)
+            ss = 0.5 + ((a0 * k0 + a1 * k1) + a2 * k2)
+            ss = ss + ((b0 * k3 + b1 * k4) + b2 * k5)
+            ss = ss + ((c0 * k6 + c1 * k7) + c2 * k8)
+            d = _clip8(ss)
+            if SHARPEN:
+                df = d.to(tl.float32)
+                d = _clip8(df + alpha * (b1 - df))
+            out = tl.where(inner, d.to(tl.uint8), v)
+            tl.store(dst + c * HW + offs, out, mask=mask)
+
+
+@triton.jit
+def _box_pass(src, dst, C, H, W, r, ww, fw, HORIZ: tl.constexpr, BLOCK: tl.constexpr):
+    """One extended box blur pass (ImagingLineBoxBlur8) along rows (HORIZ) or columns."""
+    HW = H * W
+    if HORIZ:
+        n = W
+        stride = 1
+    else:
+        n = H
+        stride = W
+    rr = tl.minimum(r, n - 1)
+    for t in range(0, tl.cdiv(HW, BLOCK)):
+        offs = t * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < HW
+        y = offs // W
+        x = offs - y * W
+        if HORIZ:
+            p = x
+        else:
+            p = y
+        line = offs - p * stride
+        for c in range(0, C):
+            base = src + c * HW + line
+            first = tl.load(base, mask=mask, other=0).to(tl.int64)
+            last = tl.load(base + (n - 1) * stride, mask=mask, other=0).to(tl.int64)
+            acc = (r - rr).to(tl.int64) * (first + last)
+            for j in range(0, 2 * rr + 1):
+                q = tl.minimum(tl.maximum(p + j - rr, 0), n - 1)
+                acc += tl.load(base + q * stride, mask=mask, other=0).to(tl.int64)
+            ql = tl.maximum(p - r - 1, 0)
+            qr = tl.minimum(p + r + 1, n - 1)
+            left = tl.load(base + ql * stride, mask=mask, other=0).to(tl.int64)
+            right = tl.load(base + qr * stride, mask=mask, other=0).to(tl.int64)
+            bulk = acc * ww + (left + right) * fw
+            out = (bulk + 8388608) >> 24
+            tl.store(dst + c * HW + offs, out.to(tl.uint8), mask=mask)
+
+
+@triton.jit
+def _resize_pass(src, dst, C, H, W, in_size, out_size, o0, HORIZ: tl.constexpr, BLOCK: tl.constexpr):
+    """One Lanczos pass (Resample.c) producing the crop's pixels along one axis."""
+    HW = H * W
+    scale = in_size.to(tl.float64) / out_size.to(tl.float64)
+    filterscale = tl.maximum(scale, 1.0)
+    support = 3.0 * filterscale
+    inv = 1.0 / filterscale
+    ks = tl.ceil(support).to(tl.int32) * 2 + 1
+    same = in_size == out_size
+    for t in range(0, tl.cdiv(HW, BLOCK)):
+        offs = t * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < HW
+        y = offs // W
+        x = offs - y * W
+        if HORIZ:
+            p = x
+            stride = 1
+        else:
+            p = y
+            stride = W
+        line = offs - p * stride
+        o = o0 + p
+        center = 0.0 + (o.to(tl.float64) + 0.5) * scale
+        xmin = tl.maximum((center - support + 0.5).to(tl.int32), 0)
+        xmax = tl.minimum((center + support + 0.5).to(tl.int32), in_size) - xmin
+        ww = tl.zeros([BLOCK], dtype=tl.float64)
+        for k in range(0, ks):
+            w = _lanczos(((k + xmin).to(tl.float64) - center + 0.5) * inv)
+            ww += tl.where(k < xmax, w, 0.0)
+        wsafe = tl.where(ww != 0.0, ww, 1.0)
+        valid = mask & (o >= 0) & (o < out_size)
+        for c in range(0, C):
+            base = src + c * HW + line
+            acc = tl.full([BLOCK], 2097152, dtype=tl.int32)
+            for k in range(0, ks):
+                w = _lanczos(((k + xmin).to(tl.float64) - center + 0.5) * inv)
+                kn = tl.where(ww != 0.0, w / wsafe, w)
+                kf = tl.where(kn < 0.0, (-0.5 + kn * 4194304.0).to(tl.int32), (0.5 + kn * 4194304.0).to(tl.int32))
+                use = valid & (k < xmax)
+                pix = tl.load(base + (xmin + k) * stride, mask=use, other=0).to(tl.int32)
+                acc += tl.where(use, pix * kf, 0)
+            res = tl.minimum(tl.maximum(acc >> 22, 0), 255)
+            res = tl.where(valid, res, 0)
+            if same:
+                res = tl.load(src + c * HW + offs, mask=mask, other=0).to(tl.int32)
+            tl.store(dst + c * HW + offs, res.to(tl.uint8), mask=mask)
+
+
+@triton.jit
+def _hist_lut(buf, lut, C, HW, EQUALIZE: tl.constexpr, BLOCK: tl.constexpr):
+    """AutoContrast / Equalize: per-channel histogram, table in registers, stored to ``lut``."""
+    idx = tl.arange(0, 256)
+    for c in range(0, C):
+        h = tl.zeros([256], dtype=tl.int32)
+        for t in range(0, tl.cdiv(HW, BLOCK)):
+            offs = t * BLOCK + tl.arange(0, BLOCK)
+            mask = offs < HW
+            v = tl.load(buf + c * HW + offs, mask=mask, other=0).to(tl.int32)
+            h += tl.histogram(v, 256, mask=mask)
+        nz = h > 0
+        lo = tl.min(tl.where(nz, idx, 256), axis=0)
+        hi = tl.max(tl.where(nz, idx, -1), axis=0)
+        if EQUALIZE:
+            total = tl.sum(h, axis=0)
+            h_last = tl.sum(tl.where(idx == hi, h, 0), axis=0)
+            count = tl.sum(nz.to(tl.int32), axis=0)
+            step = (total - h_last) // 255
+            step_safe = tl.maximum(step, 1)
+            n = step // 2 + tl.cumsum(h, axis=0) - h
+            table = tl.minimum(n // step_safe, 255)
+            table = tl.where((count <= 1) | (step == 0), idx, table)
+        else:
+            span = tl.maximum(hi - lo, 1)
+            scale = 255.0 / span.to(tl.float64)
+            offset = (-lo).to(tl.float64) * scale
+            table = (idx.to(tl.float64) * scale + offset).to(tl.int32)
+            table = tl.minimum(tl.maximum(table, 0), 255)
+            table = tl.where(hi <= lo, idx, table)
+        tl.store(lut + c * 256 + idx, table)
+
+
+@triton.jit
+def _pointwise(buf, lut, C, HW, op, v, mean_int, BLOCK: tl.constexpr):
+    """In-place per-pixel ops (op ids of opset); ``lut`` for AutoContrast/Equalize."""
+    alpha = v.to(tl.float32)
+    bits = tl.minimum(tl.maximum(tl.floor(v), 1.0), 8.0).to(tl.int32)
+    pmask = (255 - ((1 << (8 - bits)) - 1)) & 255
+    for t in range(0, tl.cdiv(HW, BLOCK)):
+        offs = t * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < HW
+        if op == 14:  # Color (C == 3): blend(L(rgb), rgb, alpha)
+            r = tl.load(buf + offs, mask=mask, other=0).to(tl.int32)
+            g = tl.load(buf + HW + offs, mask=mask, other=0).to(tl.int32)
+            b = tl.load(buf + 2 * HW + offs, mask=mask, other=0).to(tl.int32)
+            gray = (r * 19595 + g * 38470 + b * 7471 + 32768) >> 16
+            lf = gray.to(tl.float32)
+            tl.store(buf + offs, _clip8(lf + alpha * (r - gray).to(tl.float32)).to(tl.uint8), mask=mask)
+            tl.store(buf + HW + offs, _clip8(lf + alpha * (g - gray).to(tl.float32)).to(tl.uint8), mask=mask)
+            tl.store(buf + 2 * HW + offs, _clip8(lf + alpha * (b - gray).to(tl.float32)).to(tl.uint8), mask=mask)
+        else:
+            for c in range(0, C):
+                p = buf + c * HW + offs
+                x = tl.load(p, mask=mask, other=0).to(tl.int32)
+                if (op == 5) | (op == 6):  # AutoContrast, Equalize: table gather
+                    y = tl.load(lut + c * 256 + x, mask=mask, other=0)
+                elif op == 7:  # Invert
+                    y = 255 - x
+                elif op == 11:  # Posterize
+                    y = x & pmask
+                elif op == 12:  # Solarize
+                    y = tl.where(x.to(tl.float64) < v, x, 255 - x)
+                elif op == 13:  # SolarizeAdd, then solarize at 128
+                    s = tl.minimum(tl.maximum(x.to(tl.float64) + v, 0.0), 255.0).to(tl.int32)
+                    y = tl.where(s < 128, s, 255 - s)
+                elif op == 15:  # Contrast: blend(mean of L, x, alpha)
+                    y = _clip8(mean_int.to(tl.float32) + alpha * (x - mean_int).to(tl.float32))
+                else:  # 16 Brightness: blend(0, x, alpha)
+                    y = _clip8(0.0 + alpha * x.to(tl.float32))
+                tl.store(p, y.to(tl.uint8), mask=mask)
+
+
+@triton.jit
+def _gray_mean(buf, C, HW, BLOCK: tl.constexpr):
+    """int(mean of the L image + 0.5), as ImageEnhance.Contrast."""
+    total = tl.zeros([BLOCK], dtype=tl.int64)
+    for t in range(0, tl.cdiv(HW, BLOCK)):
+        offs = t * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < HW
+        r = tl.load(buf + offs, mask=mask, other=0).to(tl.int32)
+        if C == 3:
+            g = tl.load(buf + HW + offs, mask=mask, other=0).to(tl.int32)
+            b = tl.load(buf + 2 * HW + offs, mask=mask, other=0).to(tl.int32)
+            r = (r * 19595 + g * 38470 + b * 7471 + 32768) >> 16
+        total += tl.where(mask, r, 0).to(tl.int64)
+    s = tl.sum(total, axis=0)
+    mean = s.to(tl.float64) / HW.to(tl.float64)
+    return (mean + 0.5).to(tl.int32)
+
+
+@triton.jit
+def _augment_kernel(
+    img_ptr, ops_ptr, val_ptr, geo_ptr, crop_ptr, flip_ptr, cut_ptr, mean_ptr, std_ptr,
+    buf_ptr, lut_ptr, out_ptr, K, C, H, W,
+    e0, e1, e2, e3, e4, e5, e6, e7, e8,
+    d0, d1, d2, d3, d4, d5, d6, d7, d8,
+    s0, s1, s2, s3, s4, s5, s6, s7, s8,
+    FLOAT_OUT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    HW = H * W
+    CHW = C * HW
+    img = img_ptr + b * CHW
+    buf0 = buf_ptr + b * 2 * CHW
+    lut = lut_ptr + b * C * 256
+    # ---- load: crop with zero padding, then mirror
+    dy = tl.load(crop_ptr + b * 2)
+    dx = tl.load(crop_ptr + b * 2 + 1)
+    fl = tl.load(flip_ptr + b)
+    for t in range(0, tl.cdiv(HW, BLOCK)):
+        offs = t * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < HW
+        y = offs // W
+        x = offs - y * W
+        xs = tl.where(fl != 0, W - 1 - x, x)
+        sy = y + dy
+        sx = xs + dx
+        valid = mask & (sy >= 0) & (sy < H) & (sx >= 0) & (sx < W)
+        for c in range(0, C):
+            v = tl.load(img + c * HW + sy * W + sx, mask=valid, other=0)
+            tl.store(buf0 + c * HW + offs, v, mask=mask)
+    tl.debug_barrier()
+    cur = 0
+    for k in range(0, K):
+        op = tl.load(ops_ptr + b * K + k)
+        v = tl.load(val_ptr + b * K + k)
+        g = geo_ptr + (b * K + k) * 8
+        src = buf0 + cur * CHW
+        dst = buf0 + (1 - cur) * CHW
+        if (op == 0) | (op == 1) | (op == 10) | (op >= 18):  # Flip, Mirror, Rotate, Shear, Translate
+            kind = tl.load(g).to(tl.int32)
+            if kind >= 0:
+                _geometric(src, dst, C, H, W, kind, tl.load(g + 1), tl.load(g + 2), tl.load(g + 3),
+                           tl.load(g + 4), tl.load(g + 5), tl.load(g + 6), BLOCK)
+                cur = 1 - cur
+        elif (op == 2) | (op == 3) | (op == 4) | (op == 17):  # EdgeEnhance, Detail, Smooth, Sharpness
+            if (H >= 3) & (W >= 3):
+                if op == 2:
+                    _filter3x3(src, dst, C, H, W, 0.0, e0, e1, e2, e3, e4, e5, e6, e7, e8, False, BLOCK)
+                elif op == 3:
+                    _filter3x3(src, dst, C, H, W, 0.0, d0, d1, d2, d3, d4, d5, d6, d7, d8, False, BLOCK)
+                elif op == 4:
+                    _filter3x3(src, dst, C, H, W, 0.0, s0, s1, s2, s3, s4, s5, s6, s7, s8, False, BLOCK)
+                else:
+                    _filter3x3(src, dst, C, H, W, v.to(tl.float32), s0, s1, s2, s3, s4, s5, s6, s7, s8,
+                               True, BLOCK)
+                cur = 1 - cur
+        elif op == 8:  # GaussianBlur: 3 horizontal + 3 vertical extended box passes
+            rad = v.to(tl.float32)
+            sigma2 = tl.math.div_rn(rad * rad, 3.0)
+            big_l = tl.sqrt(12.0 * sigma2.to(tl.float64) + 1.0).to(tl.float32)
+            small_l = tl.floor((big_l.to(tl.float64) - 1.0) / 2.0).to(tl.float32)
+            a = (2.0 * small_l + 1.0) * (small_l * (small_l + 1.0) - 3.0 * sigma2)
+            a = tl.math.div_rn(a, 6.0 * (sigma2 - (small_l + 1.0) * (small_l + 1.0)))
+            rf = small_l + a
+            if (rad != 0.0) & (rf != 0.0):
+                r = rf.to(tl.int32)
+                ww = tl.math.div_rn(16777216.0, rf * 2.0 + 1.0).to(tl.int64)
+                fw = (16777216 - (2 * r + 1).to(tl.int64) * ww) // 2
+                _box_pass(src, dst, C, H, W, r, ww, fw, True, BLOCK)
+                tl.debug_barrier()
+                _box_pass(dst, src, C, H, W, r, ww, fw, True, BLOCK)
+                tl.debug_barrier()
+                _box_pass(src, dst, C, H, W, r, ww, fw, True, BLOCK)
+                tl.debug_barrier()
+                _box_pass(dst, src, C, H, W, r, ww, fw, False, BLOCK)
+                tl.debug_barrier()
+                _box_pass(src, dst, C, H, W, r, ww, fw, False, BLOCK)
+                tl.debug_barrier()
+                _box_pass(dst, src, C, H, W, r, ww, fw, False, BLOCK)
+        elif op == 9:  # ResizeCrop: horizontal pass into dst, vertical pass back into src
+            w2 = tl.maximum((W.to(tl.float64) * v).to(tl.int32), 1)
+            h2 = tl.maximum((H.to(tl.float64) * v).to(tl.int32), 1)
+            if (w2 != W) | (h2 != H):
+                _resize_pass(src, dst, C, H, W, W, w2, w2 // 2 - W // 2, True, BLOCK)
+                tl.debug_barrier()
+                _resize_pass(dst, src, C, H, W, H, h2, h2 // 2 - H // 2, False, BLOCK)
+        elif (op == 5) | (op == 6):  # AutoContrast, Equalize
+            _hist_lut(src, lut, C, HW, op == 6, BLOCK)
+            tl.debug_barrier()
+            _pointwise(src, lut, C, HW, op, v, 0, BLOCK)
+        elif op == 15:  # Contrast
+            m = _gray_mean(src, C, HW, BLOCK)
+            _pointwise(src, lut, C, HW, op, v, m, BLOCK)
+        elif op == 14:  # Color
+            if C == 3:
+                _pointwise(src, lut, C, HW, op, v, 0, BLOCK)
+        elif op >= 7:  # Invert, Posterize, Solarize, SolarizeAdd, Brightness
+            _pointwise(src, lut, C, HW, op, v, 0, BLOCK)
+        tl.debug_barrier()
+    # ---- store: uint8, or ToTensor + Normalize; Cutout box
+    src = buf0 + cur * CHW
+    y1 = tl.load(cut_ptr + b * 4)
+    y2 = tl.load(cut_ptr + b * 4 + 1)
+    x1 = tl.load(cut_ptr + b * 4 + 2)
+    x2 = tl.load(cut_ptr + b * 4 + 3)
+    out = out_ptr + b * CHW
+    for t in range(0, tl.cdiv(HW, BLOCK)):
+        offs = t * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < HW
+        y = offs // W
+        x = offs - y * W
+        hole = (y >= y1) & (y < y2) & (x >= x1) & (x < x2)
+        for c in range(0, C):
+            v8 = tl.load(src + c * HW + offs, mask=mask, other=0)
+            if FLOAT_OUT:
+                mu = tl.load(mean_ptr + c)
+                sd = tl.load(std_ptr + c)
+                xf = tl.math.div_rn(v8.to(tl.float32), 255.0)
+                xf = tl.where(hole, 0.0, xf)
+                tl.store(out + c * HW + offs, tl.math.div_rn(xf - mu, sd), mask=mask)
+            else:
+                tl.store(out + c * HW + offs, tl.where(hole, 0, v8), mask=mask)
+
+
+def _py_round15(x: torch.Tensor) -> torch.Tensor:
+    return torch.round(x, decimals=15)
+
+
+def geometric_params(ops: torch.Tensor, values: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """float64 [B, K, 8]: per geometric op its kind and affine matrix (Image.rotate/transform).
+
+    kind: -1 identity, 0 Flip, 1 Mirror, 2 affine (a0..a5 in [1:7]), 3/4/5 rotate 180/90/270.
+    """
+    b, k = ops.shape
+    dev = values.device
+    v = values.to(torch.float64)
+    geo = torch.zeros(b, k, 8, dtype=torch.float64, device=dev)
+    kind = torch.full((b, k), -1.0, dtype=torch.float64, device=dev)
+    kind = torch.where(ops == O.FLIP, 0.0, kind)
+    kind = torch.where(ops == O.MIRROR, 1.0, kind)
+    one = torch.ones_like(v)
+    zero = torch.zeros_like(v)
+    # Rotate: Python's angle % 360.0, fast paths, then the matrix of Image.rotate
+    m = torch.fmod(v, 360.0)
+    m = torch.where(m < 0, m + 360.0, m)
+    m = torch.where(m == 0, zero, m)
+    rad = -(m * (math.pi / 180.0))
+    cos, sin = _py_round15(torch.cos(rad)), _py_round15(torch.sin(rad))
+    msin = _py_round15(-torch.sin(rad))
+    cx, cy = width / 2.0, height / 2.0
+    r2 = (cos * (-cx) + sin * (-cy) + 0.0) + cx
+    r5 = (msin * (-cx) + cos * (-cy) + 0.0) + cy
+    rot_kind = torch.full_like(v, 2.0)
+    rot_kind = torch.where(m == 0, -1.0, rot_kind)
+    rot_kind = torch.where(m == 180.0, 3.0, rot_kind)
+    if height == width:
+        rot_kind = torch.where(m == 90.0, 4.0, rot_kind)
+        rot_kind = torch.where(m == 270.0, 5.0, rot_kind)
+    is_rot = ops == O.ROTATE
+    kind = torch.where(is_rot, rot_kind, kind)
+    is_aff = (ops == O.SHEAR_X) | (ops == O.SHEAR_Y) | (ops == O.TRANSLATE_X) | (ops == O.TRANSLATE_Y)
+    kind = torch.where(is_aff, 2.0, kind)
+    a0 = torch.where(is_rot, cos, one)
+    a1 = torch.where(is_rot, sin, torch.where(ops == O.SHEAR_X, v, zero))
+    a2 = torch.where(is_rot, r2, torch.where(ops == O.TRANSLATE_X, v, zero))
+    a3 = torch.where(is_rot, msin, torch.where(ops == O.SHEAR_Y, v, zero))
+    a4 = torch.where(is_rot, cos, one)
+    a5 = torch.where(is_rot, r5, torch.where(ops == O.TRANSLATE_Y, v, zero))
+    geo[..., 0] = kind
+    for i, a in enumerate((a0, a1, a2, a3, a4, a5)):
+        geo[..., i + 1] = a
+    return geo
+
+
+def _launch(kernel, grid, *args, **kwargs):
+    launcher = wrap_triton(kernel)[grid]
+    try:
+        return launcher(*args, enable_fp_fusion=False, **kwargs)
+    except TypeError:  # a launcher that does not take compile options
+        return launcher(*args, **kwargs)
+
+
+@triton_op("fastorals::augment_apply_triton", mutates_args=())
+def augment_apply_triton(
+    images: torch.Tensor,
+    ops: torch.Tensor,
+    values: torch.Tensor,
+    crop: torch.Tensor,
+    flip: torch.Tensor,
+    cutout: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    float_out: bool,
+) -> torch.Tensor:
+    """The Triton kernel with the canonical arguments of :mod:`.ops` (CUDA, or CPU when interpreted)."""
+    images = images.contiguous()
+    b, c, h, w = images.shape
+    k = ops.shape[1]
+    out = torch.empty(images.shape, dtype=torch.float32 if float_out else torch.uint8, device=images.device)
+    if b == 0:
+        return out
+    ops = ops.contiguous()
+    values = values.contiguous()
+    geo = geometric_params(ops, values, h, w).contiguous()
+    bufs = torch.empty((b, 2, c, h, w), dtype=torch.uint8, device=images.device)
+    lut = torch.empty((b, c, 256), dtype=torch.int32, device=images.device)
+    e, d, s = _KERNELS[0], _KERNELS[1], _KERNELS[2]
+    _launch(
+        _augment_kernel, (b,),
+        images, ops, values, geo, crop.contiguous(), flip.contiguous(), cutout.contiguous(),
+        mean.contiguous(), std.contiguous(), bufs, lut, out, k, c, h, w,
+        *e, *d, *s, FLOAT_OUT=bool(float_out), BLOCK=BLOCK, num_warps=8,
+    )
+    return out
