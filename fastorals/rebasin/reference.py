@@ -133,7 +133,7 @@ def weight_matching_reference(
     seed: int = 0,
     init: Optional[Mapping[str, torch.Tensor]] = None,
     order: Optional[list[list[str]]] = None,
-) -> tuple[dict[str, torch.Tensor], list[float]]:
+) -> tuple[dict[str, torch.Tensor], float, int]:
     """The official weight matching loop (coordinate descent over permutations), plainly.
 
     ``axes_to_perm`` maps parameter names to one entry per axis (a permutation name or None),
@@ -143,8 +143,8 @@ def weight_matching_reference(
     Stops after an iteration without improvement (official rule: ``new > old + 1e-12``).
 
     Returns:
-        (perms, objective trace): perms[p] int64 [n] (B's unit matched to A's unit i), and
-        the total objective sum <A, pi(B)> (float64) after every iteration.
+        (perms, objective, iterations): perms[p] int64 [n] (B's unit matched to A's unit i), the
+        final total objective sum <A, pi(B)> (float64), and the number of iterations run.
     """
     from scipy.optimize import linear_sum_assignment as scipy_lsa
 
@@ -157,7 +157,6 @@ def weight_matching_reference(
     sizes = {p: params_a[perm_to_axes[p][0][0]].shape[perm_to_axes[p][0][1]] for p in names}
     perms = {p: (init[p].clone() if init is not None else torch.arange(sizes[p])) for p in names}
     rng = np.random.RandomState(seed)
-    trace = []
 
     def total() -> float:
         s = 0.0
@@ -166,7 +165,9 @@ def weight_matching_reference(
             s += float(torch.sum(params_a[name].double() * wb.double()))
         return s
 
+    iterations = 0
     for it in range(max_iter):
+        iterations = it + 1
         progress = False
         visit = order[it] if order is not None else [names[k] for k in rng.permutation(len(names))]
         for p in visit:
@@ -182,7 +183,6 @@ def weight_matching_reference(
             new = float(A64[np.arange(n), ci].sum())
             progress = progress or new > old + 1e-12
             perms[p] = torch.as_tensor(ci, dtype=torch.int64)
-        trace.append(total())
         if not progress:
             break
-    return perms, trace
+    return perms, total(), iterations
