@@ -28,7 +28,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from . import opset as O
 
-__all__ = ["apply_op", "augment_image", "augment_batch", "to_pil", "from_pil"]
+__all__ = ["apply_op", "augment_batch", "augment_image", "from_pil", "to_pil"]
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -41,7 +41,7 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 def from_pil(img: Image.Image) -> torch.Tensor:
     """A PIL image of mode L or RGB to uint8 [C, H, W]."""
-    arr = np.asarray(img)
+    arr = np.array(img)  # a writable copy
     if arr.ndim == 2:
         arr = arr[None]
     else:

@@ -1,0 +1,342 @@
+"""Public API: sampler semantics, pipeline draws, determinism, backends, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from augment_helpers import make_images
+
+import fastorals
+from fastorals import _ext, augment
+from fastorals.augment import opset as O
+from fastorals.testing import assert_close, assert_raises, make_noncontiguous
+
+CPP = pytest.mark.skipif(not _ext.HAS_EXT, reason="needs the C++ extension")
+
+
+# ----------------------------------------------------------------------------- sampler
+
+
+def test_sample_chains_shapes_padding_and_counts():
+    g = torch.Generator().manual_seed(0)
+    s = torch.tensor([0, 3, 10, 1, 7])
+    ch = augment.sample_chains(s, image_size=(32, 32), generator=g)
+    assert ch.ops.shape == (5, 10) and ch.ops.dtype == torch.int32
+    assert ch.magnitudes.dtype == torch.float64 and ch.signs.dtype == torch.int8
+    assert torch.equal(ch.num_ops(), s)
+    for i, n in enumerate(s.tolist()):
+        assert (ch.ops[i, n:] == O.NONE).all() and (ch.ops[i, :n] >= 0).all()
+        assert (ch.magnitudes[i, n:] == 0).all() and (ch.signs[i, n:] == 1).all()
+    assert len(ch) == 5 and ch.max_ops == 10
+    wide = augment.sample_chains(s, image_size=(32, 32), max_ops=12, generator=g)
+    assert wide.max_ops == 12
+    fixed = augment.sample_chains(s, image_size=(32, 32), num_ops=2, generator=g)
+    assert torch.equal(fixed.num_ops(), torch.full((5,), 2))
+
+
+def test_sample_chains_draws_all_ops_uniformly():
+    g = torch.Generator().manual_seed(1)
+    ch = augment.sample_chains(torch.full((4000,), 10), image_size=(32, 32), generator=g)
+    counts = torch.bincount(ch.ops.flatten().long(), minlength=O.NUM_OPS).double()
+    expect = 40000 / O.NUM_OPS
+    assert counts.min() > 0.9 * expect and counts.max() < 1.1 * expect
+    sub = augment.sample_chains(torch.full((100,), 5), image_size=(32, 32), ops=["Rotate", "Invert"], generator=g)
+    assert set(sub.ops.flatten().tolist()) <= {O.ROTATE, O.INVERT}
+
+
+def test_sampler_is_deterministic_for_a_seed():
+    s = torch.randint(0, 11, (64,), generator=torch.Generator().manual_seed(0))
+    a = augment.sample_chains(s, image_size=(32, 32), generator=torch.Generator().manual_seed(5))
+    b = augment.sample_chains(s, image_size=(32, 32), generator=torch.Generator().manual_seed(5))
+    c = augment.sample_chains(s, image_size=(32, 32), generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a.ops, b.ops) and torch.equal(a.magnitudes, b.magnitudes) and torch.equal(a.signs, b.signs)
+    assert not torch.equal(a.ops, c.ops)
+
+
+def _one_op_chains(op, levels, mode, **kw):
+    s = torch.tensor(levels)
+    return augment.sample_chains(s, image_size=(32, 40), num_ops=1, ops=[op], magnitude_mode=mode,
+                                 generator=torch.Generator().manual_seed(0), **kw)
+
+
+@pytest.mark.parametrize("op", sorted(O._TAKES_VALUE), ids=lambda i: O.OP_NAMES[i])
+def test_monotone_mode_moves_away_from_identity_with_the_level(op):
+    levels = list(range(11))
+    ch = _one_op_chains(op, levels, "monotone")
+    dist = (ch.magnitudes[:, 0] - O.IDENTITY[op]).abs()
+    assert dist[0] == 0
+    assert (dist[1:] >= dist[:-1]).all(), dist
+    assert dist[-1] > 0
+    strongest = O.MONOTONE_STRONGEST[O.OP_NAMES[op]]
+    if op == O.TRANSLATE_X:
+        strongest *= 40
+    if op == O.TRANSLATE_Y:
+        strongest *= 32
+    assert math.isclose(float(ch.magnitudes[-1, 0]), strongest, rel_tol=1e-12)
+
+
+def test_official_mode_reproduces_the_paper_formula():
+    levels = list(range(11))
+    for op in range(O.NUM_OPS):
+        ch = _one_op_chains(op, levels, "official")
+        lo, hi = O.OFFICIAL_RANGES[op]
+        for lvl in levels:
+            expect = (lvl / 30.0) * (hi - lo) + lo if O.takes_value(op) else 0.0
+            assert float(ch.magnitudes[lvl, 0]) == expect
+    # several ops are strongest at LOW levels in official mode (documented difference)
+    post = _one_op_chains(O.POSTERIZE, levels, "official")
+    assert (post.magnitudes[:, 0] < 2).all()  # max(1, int(v)) = 1 bit at every level 0..10
+    color = _one_op_chains(O.COLOR, levels, "official")
+    assert float(color.magnitudes[0, 0]) == pytest.approx(0.1)
+
+
+def test_signs_only_on_signed_ops_and_enhance_signs_by_mode():
+    g = torch.Generator().manual_seed(3)
+    ch = augment.sample_chains(torch.full((3000,), 10), image_size=(32, 32), generator=g)
+    for op in range(O.NUM_OPS):
+        sel = ch.signs[ch.ops == op]
+        if op in O.SIGNED_OPS:
+            assert (sel == -1).any() and (sel == 1).any()
+        else:
+            assert (sel == 1).all()
+    off = augment.sample_chains(torch.full((3000,), 10), magnitude_mode="official", generator=g, image_size=None,
+                                ops=[O.COLOR, O.ROTATE])
+    assert (off.signs[off.ops == O.COLOR] == 1).all()
+    assert (off.signs[off.ops == O.ROTATE] == -1).any()
+    # sign -1 reflects the value about the op's identity
+    vals = ch.values()
+    m = (ch.ops == O.BRIGHTNESS) & (ch.signs == -1)
+    assert torch.allclose(vals[m], 2.0 - ch.magnitudes[m])
+    r = (ch.ops == O.ROTATE) & (ch.signs == -1)
+    assert torch.equal(vals[r], -ch.magnitudes[r])
+
+
+def test_strongest_override_and_chain_sampler():
+    ch = _one_op_chains(O.ROTATE, [10], "monotone", strongest={"rotate": 45.0})
+    assert float(ch.magnitudes[0, 0]) == 45.0
+    sampler = augment.ChainSampler(max_level=5, magnitude_mode="official", ops=["Solarize"])
+    out = sampler(torch.tensor([5]), num_ops=1, generator=torch.Generator().manual_seed(0))
+    assert float(out.magnitudes[0, 0]) == (5 / 30.0) * 256.0
+    assert "official" in repr(sampler)
+
+
+def test_chains_from_lists():
+    ch = augment.Chains.from_lists([["Rotate", "invert"], [], [5]], [[15.0, 0.0], [], [0.0]], [[-1, 1], [], [1]])
+    assert ch.ops.tolist() == [[O.ROTATE, O.INVERT], [-1, -1], [5, -1]]
+    assert ch.values()[0, 0].item() == -15.0
+
+
+# ----------------------------------------------------------------------------- pipeline draws
+
+
+def test_draw_pipeline_ranges_and_cutout_boxes():
+    g = torch.Generator().manual_seed(0)
+    d = augment.draw_pipeline(2000, 32, 30, crop_padding=4, flip_prob=0.5, cutout=16, generator=g)
+    assert d.crop.min() == -4 and d.crop.max() == 4
+    assert 0.45 < d.flip.float().mean() < 0.55
+    y1, y2, x1, x2 = d.cutout.unbind(1)
+    assert (y1 >= 0).all() and (y2 <= 32).all() and (x2 <= 30).all() and ((y2 - y1) <= 16).all()
+    assert ((y2 - y1) == 16).any() and ((x2 - x1) < 16).any()  # clipped at the border, as the paper's Cutout
+    none = augment.draw_pipeline(5, 8, 8)
+    assert (none.crop == 0).all() and not none.flip.any() and (none.cutout == 0).all()
+
+
+# ----------------------------------------------------------------------------- application
+
+
+@CPP
+def test_apply_chains_matches_reference_backend_and_is_deterministic():
+    images = make_images(12, 3, 20, 18)
+    aug = augment.BatchAugment.cifar(cutout=8)
+    s = torch.randint(0, 11, (12,), generator=torch.Generator().manual_seed(0))
+    a = aug(images, s, torch.Generator().manual_seed(7))
+    b = aug(images, s, torch.Generator().manual_seed(7))
+    with fastorals.use_backend("reference"):
+        r = aug(images, s, torch.Generator().manual_seed(7))
+    assert a.dtype == torch.float32 and a.shape == images.shape
+    assert torch.equal(a, b) and torch.equal(a, r)
+    c = aug(images, s, torch.Generator().manual_seed(8))
+    assert not torch.equal(a, c)
+
+
+@CPP
+def test_batch_augment_uint8_official_mode_vs_reference():
+    images = make_images(10, 1, 16, 16)
+    ch = augment.sample_chains(torch.arange(10), magnitude_mode="official", generator=torch.Generator().manual_seed(1))
+    kw = dict(crop_padding=2, flip_prob=0.5, cutout=6)
+    a = augment.batch_augment(images, ch.ops, ch.magnitudes, ch.signs, torch.Generator().manual_seed(2), **kw)
+    with fastorals.use_backend("reference"):
+        r = augment.batch_augment(images, ch.ops, ch.magnitudes, ch.signs, torch.Generator().manual_seed(2), **kw)
+    assert a.dtype == torch.uint8 and torch.equal(a, r)
+
+
+@CPP
+def test_noncontiguous_and_channels_last_inputs():
+    images = make_images(6, 3, 12, 10)
+    ops = torch.tensor([[O.ROTATE, O.EQUALIZE]] * 6)
+    mags = torch.tensor([[20.0, 0.0]] * 6)
+    ref = augment.apply_chains(images, ops, mags)
+    nc = make_noncontiguous(images, dim=-1)
+    assert torch.equal(augment.apply_chains(nc, ops, mags), ref)
+    cl = images.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(augment.apply_chains(cl, ops, mags), ref)
+    assert torch.equal(augment.apply_chains(images, make_noncontiguous(ops), make_noncontiguous(mags)), ref)
+
+
+def test_reference_backend_works_without_the_extension_path():
+    images = make_images(4, 3, 8, 8)
+    with fastorals.use_backend("reference"):
+        out = augment.apply_chains(images, torch.tensor([[O.INVERT]] * 4), torch.zeros(4, 1))
+    assert torch.equal(out, 255 - images)
+
+
+def test_empty_batch_and_empty_chains():
+    empty = torch.zeros(0, 3, 8, 8, dtype=torch.uint8)
+    out = augment.apply_chains(empty, torch.zeros(0, 2, dtype=torch.int64), torch.zeros(0, 2))
+    assert out.shape == empty.shape
+    images = make_images(3, 3, 8, 8)
+    assert torch.equal(augment.apply_chains(images, torch.zeros(3, 0, dtype=torch.int64), torch.zeros(3, 0)), images)
+    x = augment.BatchAugment()(images, torch.zeros(3, dtype=torch.int64))
+    assert torch.equal(x, images)
+
+
+def test_scalar_mean_std_and_float_without_normalize():
+    images = make_images(2, 3, 5, 5)
+    x = augment.apply_chains(images, torch.zeros(2, 0, dtype=torch.int64), torch.zeros(2, 0), out_dtype=torch.float32)
+    assert_close(x, images.float() / 255, kind="exact")
+    y = augment.apply_chains(images, torch.zeros(2, 0, dtype=torch.int64), torch.zeros(2, 0), mean=0.5, std=0.25)
+    assert_close(y, (images.float() / 255 - 0.5) / 0.25, kind="exact")
+
+
+def test_module_repr_and_properties():
+    aug = augment.BatchAugment.cifar(cutout=16, magnitude_mode="official")
+    text = repr(aug)
+    assert "official" in text and "cutout=16" in text
+    assert aug.max_level == 10 and aug.magnitude_mode == "official"
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_images():
+    ops, mags = torch.zeros(2, 1, dtype=torch.int64), torch.zeros(2, 1)
+    with assert_raises(TypeError, "images", "uint8"):
+        augment.apply_chains(torch.rand(2, 3, 4, 4), ops, mags)
+    with assert_raises(ValueError, "images", "rank"):
+        augment.apply_chains(torch.zeros(3, 4, 4, dtype=torch.uint8), ops, mags)
+    with assert_raises(ValueError, "images", "channels"):
+        augment.apply_chains(torch.zeros(2, 2, 4, 4, dtype=torch.uint8), ops, mags)
+    with assert_raises(TypeError, "images"):
+        augment.apply_chains([[1]], ops, mags)
+
+
+def test_bad_chains():
+    images = make_images(2, 3, 4, 4)
+    with assert_raises(ValueError, "ops", "unknown op id 22"):
+        augment.apply_chains(images, torch.tensor([[0], [22]]), torch.zeros(2, 1))
+    with assert_raises(ValueError, "ops", "unknown op id -2"):
+        augment.apply_chains(images, torch.tensor([[0], [-2]]), torch.zeros(2, 1))
+    with assert_raises(TypeError, "ops", "integer"):
+        augment.apply_chains(images, torch.zeros(2, 1), torch.zeros(2, 1))
+    with assert_raises(ValueError, "ops", "shape"):
+        augment.apply_chains(images, torch.zeros(3, 1, dtype=torch.int64), torch.zeros(3, 1))
+    with assert_raises(ValueError, "magnitudes", "shape"):
+        augment.apply_chains(images, torch.zeros(2, 2, dtype=torch.int64), torch.zeros(2, 1))
+    with assert_raises(ValueError, "magnitudes", "finite"):
+        augment.apply_chains(images, torch.tensor([[O.ROTATE]] * 2), torch.tensor([[math.nan]] * 2))
+    with assert_raises(ValueError, "magnitudes", "ResizeCrop", "domain"):
+        augment.apply_chains(images, torch.tensor([[O.RESIZE_CROP]] * 2), torch.tensor([[0.5]] * 2))
+    with assert_raises(ValueError, "magnitudes", "Posterize"):
+        augment.apply_chains(images, torch.tensor([[O.POSTERIZE]] * 2), torch.tensor([[9.0]] * 2))
+    with assert_raises(ValueError, "signs"):
+        augment.apply_chains(images, torch.tensor([[O.ROTATE]] * 2), torch.ones(2, 1), torch.zeros(2, 1))
+    with assert_raises(ValueError, "signs", "shape"):
+        augment.apply_chains(images, torch.tensor([[O.ROTATE]] * 2), torch.ones(2, 1), torch.ones(2, 2))
+
+
+def test_bad_pipeline_arguments():
+    images = make_images(2, 3, 4, 4)
+    ops, mags = torch.zeros(2, 0, dtype=torch.int64), torch.zeros(2, 0)
+    with assert_raises(ValueError, "crop", "shape"):
+        augment.apply_chains(images, ops, mags, crop=torch.zeros(2, 3, dtype=torch.int64))
+    with assert_raises(TypeError, "crop", "integer"):
+        augment.apply_chains(images, ops, mags, crop=torch.zeros(2, 2))
+    with assert_raises(ValueError, "crop", "offsets"):
+        augment.apply_chains(images, ops, mags, crop=torch.full((2, 2), 9))
+    with assert_raises(ValueError, "flip", "shape"):
+        augment.apply_chains(images, ops, mags, flip=torch.zeros(3, dtype=torch.bool))
+    with assert_raises(ValueError, "cutout", "shape"):
+        augment.apply_chains(images, ops, mags, cutout=torch.zeros(2, 2, dtype=torch.int64))
+    with assert_raises(ValueError, "mean", "std"):
+        augment.apply_chains(images, ops, mags, mean=[0.5, 0.5, 0.5])
+    with assert_raises(ValueError, "mean", "3 values"):
+        augment.apply_chains(images, ops, mags, mean=[0.5, 0.5], std=[1, 1])
+    with assert_raises(ValueError, "std", "non-zero"):
+        augment.apply_chains(images, ops, mags, mean=[0.5] * 3, std=[1, 0, 1])
+    with assert_raises(ValueError, "out_dtype", "float32"):
+        augment.apply_chains(images, ops, mags, mean=[0.5] * 3, std=[1] * 3, out_dtype=torch.uint8)
+    with assert_raises(TypeError, "out_dtype"):
+        augment.apply_chains(images, ops, mags, out_dtype=torch.float16)
+    with assert_raises(ValueError, "crop_padding"):
+        augment.draw_pipeline(2, 4, 4, crop_padding=-1)
+    with assert_raises(ValueError, "flip_prob"):
+        augment.draw_pipeline(2, 4, 4, flip_prob=1.5)
+    with assert_raises(ValueError, "cutout"):
+        augment.draw_pipeline(2, 4, 4, cutout=-3)
+    with assert_raises(ValueError, "height"):
+        augment.draw_pipeline(2, 0, 4)
+
+
+def test_bad_sampler_arguments():
+    with assert_raises(ValueError, "strengths", "max_level"):
+        augment.sample_chains(torch.tensor([3, 11]), image_size=(8, 8))
+    with assert_raises(ValueError, "strengths"):
+        augment.sample_chains(torch.tensor([-1]), image_size=(8, 8))
+    with assert_raises(ValueError, "strengths", "whole"):
+        augment.sample_chains(torch.tensor([1.5]), image_size=(8, 8))
+    with assert_raises(ValueError, "strengths", "shape"):
+        augment.sample_chains(torch.tensor([[1]]), image_size=(8, 8))
+    with assert_raises(ValueError, "magnitude_mode"):
+        augment.sample_chains(torch.tensor([1]), magnitude_mode="fast")
+    with assert_raises(ValueError, "max_level"):
+        augment.sample_chains(torch.tensor([1]), max_level=0)
+    with assert_raises(ValueError, "op", "unknown op name"):
+        augment.sample_chains(torch.tensor([1]), ops=["Rotate", "Blur"])
+    with assert_raises(ValueError, "op", "unknown op id"):
+        augment.sample_chains(torch.tensor([1]), ops=[30])
+    with assert_raises(ValueError, "max_ops"):
+        augment.sample_chains(torch.tensor([5]), image_size=(8, 8), max_ops=3)
+    with assert_raises(ValueError, "num_ops"):
+        augment.sample_chains(torch.tensor([5]), num_ops=-1)
+    with assert_raises(ValueError, "num_ops"):
+        augment.sample_chains(torch.tensor([5, 2]), num_ops=torch.tensor([1]))
+    with assert_raises(ValueError, "image_size", "translate"):
+        augment.sample_chains(torch.full((50,), 10), ops=["TranslateX"])
+    with assert_raises(ValueError, "strongest"):
+        augment.sample_chains(torch.tensor([1]), strongest={"Invert": 1.0})
+    with assert_raises(ValueError, "strengths", "entries"):
+        augment.BatchAugment()(make_images(2, 3, 4, 4), torch.tensor([1, 2, 3]))
+    with assert_raises(ValueError, "mean", "std"):
+        augment.BatchAugment(mean=[0.5] * 3)
+
+
+def test_works_with_the_extension_disabled():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, fastorals\n"
+        "from fastorals import augment, _ext\n"
+        "assert not _ext.HAS_EXT\n"
+        "x = torch.randint(0, 256, (3, 3, 9, 7), dtype=torch.uint8)\n"
+        "aug = augment.BatchAugment.cifar(cutout=4)\n"
+        "y = aug(x, torch.tensor([0, 4, 10]), torch.Generator().manual_seed(0))\n"
+        "assert y.shape == x.shape and y.dtype == torch.float32\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, FASTORALS_NO_EXT="1")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
