@@ -313,6 +313,28 @@ void Scratch::reserve(int C, int H, int W) {
   if (idx.size() < side) idx.resize(side);
 }
 
+const Coeffs& Scratch::lanczos(int in_size, int out_size, int o0, int count, const Coeffs* keep) {
+  for (const Coeffs& c : coeffs)
+    if (c.in_size == in_size && c.out_size == out_size && c.o0 == o0 && c.count == count) return c;
+  constexpr size_t kCap = 64;
+  if (coeffs.capacity() < kCap) coeffs.reserve(kCap);  // no reallocation: references stay valid
+  Coeffs* slot;
+  if (coeffs.size() < kCap) {
+    coeffs.emplace_back();
+    slot = &coeffs.back();
+  } else {
+    if (&coeffs[coeffs_next] == keep) coeffs_next = (coeffs_next + 1) % kCap;
+    slot = &coeffs[coeffs_next];
+    coeffs_next = (coeffs_next + 1) % kCap;
+  }
+  slot->ksize = lanczos_coeffs(in_size, out_size, o0, count, slot->bounds, slot->kk, kd);
+  slot->in_size = in_size;
+  slot->out_size = out_size;
+  slot->o0 = o0;
+  slot->count = count;
+  return *slot;
+}
+
 // ---------------------------------------------------------------- state
 
 uint8_t* Engine::next() { return s_.img[which_ == 0 ? 1 : 0].data(); }
@@ -758,10 +780,14 @@ void Engine::resize_crop(double zoom) {
   // crop starts at column 0, with H2 == H at row 0. Pillow resizes horizontally first (it only
   // goes vertical-first when the height shrinks, which zoom >= 1 never does).
   const int left = W2 / 2 - W / 2, top = H2 / 2 - H / 2;
-  std::vector<int32_t> hb, hk, vb, vk;
-  int hks = 0, vks = 0;
-  if (need_h) hks = lanczos_coeffs(W, W2, left, W, hb, hk, s_.kd);
-  if (need_v) vks = lanczos_coeffs(H, H2, top, H, vb, vk, s_.kd);
+  static const std::vector<int32_t> kEmpty;
+  const Coeffs* hc = need_h ? &s_.lanczos(W, W2, left, W, nullptr) : nullptr;
+  const Coeffs* vc = need_v ? &s_.lanczos(H, H2, top, H, hc) : nullptr;  // never evicts hc
+  const std::vector<int32_t>& hb = hc ? hc->bounds : kEmpty;
+  const std::vector<int32_t>& hk = hc ? hc->kk : kEmpty;
+  const std::vector<int32_t>& vb = vc ? vc->bounds : kEmpty;
+  const std::vector<int32_t>& vk = vc ? vc->kk : kEmpty;
+  const int hks = hc ? hc->ksize : 0, vks = vc ? vc->ksize : 0;
   uint8_t* out = next();
   uint8_t* P0 = s_.plane[0].data();
   uint8_t* P1 = s_.plane[1].data();

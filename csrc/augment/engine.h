@@ -9,6 +9,7 @@
 // through that table. A chain of pointwise ops therefore costs no pixel pass at all.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -40,6 +41,12 @@ enum OpId : int32_t {
   kNumOps
 };
 
+// Lanczos coefficients of one resize axis, for the outputs [o0, o0 + count).
+struct Coeffs {
+  int in_size = 0, out_size = 0, o0 = 0, count = 0, ksize = 0;
+  std::vector<int32_t> bounds, kk;
+};
+
 struct Scratch {
   std::vector<uint8_t> img[2];   // ping-pong images, C*H*W each
   std::vector<uint8_t> plane[2];  // plane-sized work buffers (blur, resize)
@@ -49,7 +56,10 @@ struct Scratch {
   std::vector<int32_t> bounds;    // resize: (min, count) per output sample
   std::vector<int32_t> kk;        // resize: fixed point coefficients
   std::vector<double> kd;         // resize: coefficient work buffer
+  std::vector<Coeffs> coeffs;     // resize: small cache (levels repeat the same zooms)
+  size_t coeffs_next = 0;
   void reserve(int C, int H, int W);
+  const Coeffs& lanczos(int in_size, int out_size, int o0, int count, const Coeffs* keep);
 };
 
 class Engine {

@@ -66,8 +66,10 @@ void apply_chains(carray<uint8_t> images, carray<int32_t> ops, carray<double> va
 
   const int64_t chw = int64_t(C) * H * W;
   const int iC = int(C), iH = int(H), iW = int(W);
+  // A parallel region costs more than it saves on tiny batches (e.g. a few 32x32 images).
+  const int threads = int64_t(B) * chw * (K + 1) < (int64_t(1) << 16) ? 1 : num_threads;
   py::gil_scoped_release nogil;
-  parallel_for_dynamic(B, num_threads, [&](int64_t b) {
+  parallel_for_dynamic(B, threads, [&](int64_t b) {
     static thread_local Scratch scratch;
     scratch.reserve(iC, iH, iW);
     Engine e(scratch, iC, iH, iW);

@@ -1,0 +1,213 @@
+"""Batched per-sample augmentation: fastorals vs per-image PIL (the official pipeline) vs kornia.
+
+Every case augments a batch with per-sample chains of ``n`` ops at level ``n`` (the CUDA paper's
+strength ``n``; ops drawn uniformly per sample) inside the paper's pipeline: random crop with
+padding 4, horizontal flip, the chain, ToTensor, Cutout 16, Normalize.
+
+* ``fastorals``: :class:`fastorals.augment.BatchAugment` (sampling, draws and the fused kernel),
+  all threads (``torch.get_num_threads()``); ``fastorals-1t``: the same on one thread.
+* ``reference``: the per-image PIL pipeline of :mod:`fastorals.augment.reference` on the same
+  draws (what the official code runs per image in its DataLoader workers); verified equal.
+* ``kornia``: kornia's functional ops applied per sample in a loop, since kornia draws one op
+  sequence per call for the whole batch (float images, its own pixel semantics).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from benchmarks.harness import Case, Suite
+from fastorals import augment
+from fastorals.augment import opset as O
+from fastorals.augment import reference
+
+MEAN = torch.tensor(augment.CIFAR10_MEAN)
+STD = torch.tensor(augment.CIFAR10_STD)
+
+
+def _images(b: int, size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    # smooth random images (blocky noise upsampled) rather than white noise: closer to photos
+    low = torch.randint(0, 256, (b, 3, max(2, size // 8), max(2, size // 8)), generator=g).float()
+    x = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+class _Draws:
+    """The exact draws BatchAugment makes for a seed, for the reference and kornia."""
+
+    def __init__(self, aug: augment.BatchAugment, images: torch.Tensor, strengths: torch.Tensor, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        b, _, h, w = images.shape
+        self.chains = aug.sample(strengths, (h, w), generator=g)
+        self.pipe = augment.draw_pipeline(b, h, w, crop_padding=aug.crop_padding, flip_prob=aug.flip_prob,
+                                          cutout=aug.cutout, generator=g)
+        self.values = self.chains.values()
+
+
+def _reference(images: torch.Tensor, d: _Draws) -> torch.Tensor:
+    return reference.augment_batch(images, d.chains.ops, d.values, d.pipe.crop, d.pipe.flip.to(torch.uint8),
+                                   d.pipe.cutout, MEAN, STD, True)
+
+
+# ----------------------------------------------------------------------------- kornia peer
+
+_KERNELS = {
+    O.EDGE_ENHANCE: ([-1, -1, -1, -1, 10, -1, -1, -1, -1], 2.0),
+    O.DETAIL: ([0, -1, 0, -1, 10, -1, 0, -1, 0], 6.0),
+    O.SMOOTH: ([1, 1, 1, 1, 5, 1, 1, 1, 1], 13.0),
+}
+
+
+def _kornia_op(x: torch.Tensor, op: int, v: float) -> torch.Tensor:
+    import kornia.enhance as E
+    import kornia.filters as F
+    import kornia.geometry.transform as T
+
+    h, w = x.shape[-2:]
+    dev = x.device
+    if op == O.FLIP:
+        return T.vflip(x)
+    if op == O.MIRROR:
+        return T.hflip(x)
+    if op in _KERNELS:
+        k, s = _KERNELS[op]
+        kern = torch.tensor(k, dtype=x.dtype, device=dev).view(1, 3, 3) / s
+        return F.filter2d(x, kern, border_type="replicate").clamp(0, 1)
+    if op == O.AUTOCONTRAST:
+        return E.normalize_min_max(x)
+    if op == O.EQUALIZE:
+        return E.equalize(x)
+    if op == O.INVERT:
+        return E.invert(x)
+    if op == O.GAUSSIAN_BLUR:
+        if v <= 0:
+            return x
+        ks = 2 * math.ceil(3 * v) + 1
+        return F.gaussian_blur2d(x, (ks, ks), (v, v))
+    if op == O.RESIZE_CROP:
+        big = T.resize(x, (int(h * v), int(w * v)), interpolation="bilinear", antialias=True)
+        top, left = (big.shape[-2] - h) // 2, (big.shape[-1] - w) // 2
+        return big[..., top:top + h, left:left + w]
+    if op == O.ROTATE:
+        return T.rotate(x, torch.tensor([v], dtype=x.dtype, device=dev), mode="nearest")
+    if op == O.POSTERIZE:
+        return E.posterize(x, int(min(max(math.floor(v), 1), 8)))
+    if op == O.SOLARIZE:
+        return E.solarize(x, v / 256.0)
+    if op == O.SOLARIZE_ADD:
+        return E.solarize(x, 0.5, v / 255.0)
+    if op == O.COLOR:
+        return E.adjust_saturation(x, v)
+    if op == O.CONTRAST:
+        return E.adjust_contrast(x, v)
+    if op == O.BRIGHTNESS:
+        return (x * v).clamp(0, 1)  # PIL's brightness scales; kornia's adjust_brightness adds
+    if op == O.SHARPNESS:
+        return E.sharpness(x, v)
+    if op in (O.SHEAR_X, O.SHEAR_Y):
+        sh = torch.tensor([[v, 0.0]] if op == O.SHEAR_X else [[0.0, v]], dtype=x.dtype, device=dev)
+        return T.shear(x, sh, mode="nearest")
+    if op in (O.TRANSLATE_X, O.TRANSLATE_Y):
+        t = torch.tensor([[-v, 0.0]] if op == O.TRANSLATE_X else [[0.0, -v]], dtype=x.dtype, device=dev)
+        return T.translate(x, t, mode="nearest")
+    return x
+
+
+def _kornia(images: torch.Tensor, d: _Draws) -> torch.Tensor:
+    import kornia.enhance as E
+
+    b, c, h, w = images.shape
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    ops, vals = d.chains.ops.tolist(), d.values.tolist()
+    crop, flip, cut = d.pipe.crop.tolist(), d.pipe.flip.tolist(), d.pipe.cutout.tolist()
+    mean, std = MEAN.to(images.device), STD.to(images.device)
+    for i in range(b):
+        x = images[i:i + 1].float() / 255.0
+        dy, dx = crop[i]
+        x = torch.nn.functional.pad(x, (4, 4, 4, 4))[..., 4 + dy:4 + dy + h, 4 + dx:4 + dx + w]
+        if flip[i]:
+            x = x.flip(-1)
+        for op, v in zip(ops[i], vals[i]):
+            if op >= 0:
+                x = _kornia_op(x, op, v)
+        y1, y2, x1, x2 = cut[i]
+        x = x.clone()
+        x[..., y1:y2, x1:x2] = 0.0
+        out[i:i + 1] = E.normalize(x, mean, std)
+    return out
+
+
+def _kornia_available() -> Optional[str]:
+    try:
+        import kornia  # noqa: F401
+    except ImportError as exc:  # optional peer
+        return f"kornia not installed ({exc})"
+    return None
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+def _verify(fast_out, other, name):
+    if name == "reference" or name.startswith("fastorals"):
+        assert torch.equal(fast_out.cpu(), other.cpu()), f"{name} differs from the fast path"
+    else:  # kornia: different pixel semantics, same shapes
+        assert other.shape == fast_out.shape and other.dtype == fast_out.dtype, name
+
+
+def _fast(aug, images, strengths, seed, threads: Optional[int] = None):
+    def run():
+        g = torch.Generator().manual_seed(seed)
+        if threads is None:
+            return aug(images, strengths, g)
+        n = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return aug(images, strengths, g)
+        finally:
+            torch.set_num_threads(n)
+
+    return run
+
+
+def cases(mode: str, device: str):
+    plan = {
+        "smoke": [(32, 16, (0, 2))],
+        "quick": [(32, 128, (0, 1, 2, 5, 10)), (224, 8, (0, 2, 5, 10))],
+        "full": [(32, 256, (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)), (224, 32, (0, 1, 2, 3, 5, 7, 10))],
+    }[mode]
+    kornia_missing = _kornia_available()
+    aug = augment.BatchAugment.cifar(cutout=16)
+    for size, batch, levels in plan:
+        if device == "cuda":
+            batch = batch * 8
+        images = _images(batch, size).to(device)
+        images_cpu = images.cpu()
+        for n in levels:
+            strengths = torch.full((batch,), n, dtype=torch.int64)
+            seed = 1000 + n
+            d = _Draws(aug, images.cpu(), strengths, seed)
+            fast = {"fastorals": _fast(aug, images, strengths, seed)}
+            if device == "cpu":
+                fast["fastorals-1t"] = _fast(aug, images, strengths, seed, threads=1)
+            peers = {}
+            skip = {}
+            if kornia_missing:
+                skip["kornia"] = kornia_missing
+            peers["kornia"] = (lambda im=images, dd=d: _kornia(im, dd))
+            ref = (lambda im=images_cpu, dd=d: _reference(im, dd)) if device == "cpu" or size == 32 else None
+            yield Case(
+                op="augment_chain", name=f"{size}px-{n}ops", shape=f"{batch}x3x{size}x{size}", dtype="uint8",
+                device=device, fast=fast, reference=ref, peers=peers,
+                backend={"fastorals": "cpp" if device == "cpu" else "triton", "fastorals-1t": "cpp"},
+                bytes=images.numel() * 5.0,  # uint8 in, float32 out
+                verify=_verify, skip=skip, max_time_s=3.0 if size == 224 else 2.0,
+                note=f"per-sample chains of {n} ops at level {n}; crop 4, flip, cutout 16, normalize",
+            )
+
+
+SUITE = Suite("augment", cases, "per-sample augmentation chains: fused kernel vs per-image PIL vs kornia loop")
