@@ -16,9 +16,10 @@ position ``i``, i.e. ``apply_permutation`` computes ``W.index_select(axis, perm)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -470,6 +471,17 @@ def _to_double(x: Any) -> Any:
     return x
 
 
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch ops on one thread inside the block (tiny example-input passes: no pool overhead)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def check_spec(model: nn.Module, spec: PermutationSpec, example_input: Any, *, trials: int = 2, seed: int = 0,
                rtol: float = 1e-9, raise_on_failure: bool = True) -> SpecCheck:
     """Verify that permuting a model by ``spec`` leaves its function unchanged.
@@ -491,6 +503,12 @@ def check_spec(model: nn.Module, spec: PermutationSpec, example_input: Any, *, t
     Returns:
         :class:`SpecCheck` (truthy when the outputs agree).
     """
+    with single_thread():
+        return _check_spec(model, spec, example_input, trials, seed, rtol, raise_on_failure)
+
+
+def _check_spec(model: nn.Module, spec: PermutationSpec, example_input: Any, trials: int, seed: int, rtol: float,
+                raise_on_failure: bool) -> SpecCheck:
     gen = torch.Generator().manual_seed(seed)
     m = copy.deepcopy(model).double().eval()
     with torch.no_grad():

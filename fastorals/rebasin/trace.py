@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from .spec import AxisEntry, PermutationSpec, check_spec
+from .spec import AxisEntry, PermutationSpec, check_spec, single_thread
 
 __all__ = ["GraphTrace", "TraceError", "trace_permutation_spec"]
 
@@ -837,6 +837,17 @@ class _Analyzer:
         return True
 
 
+def _merge_frozen(factors: Sequence[tuple[Optional[str], int]]) -> tuple[tuple[Optional[str], int], ...]:
+    """Merge adjacent unpermuted factors: ((P, 6), (None, 4), (None, 4)) -> ((P, 6), (None, 16))."""
+    out: list[tuple[Optional[str], int]] = []
+    for p, k in factors:
+        if p is None and out and out[-1][0] is None:
+            out[-1] = (None, out[-1][1] * k)
+        else:
+            out.append((p, k))
+    return tuple(out)
+
+
 def _bind(node: torch.fx.Node) -> dict[str, Any]:
     """Arguments of an ATen call by schema name (defaults filled in)."""
     out: dict[str, Any] = {}
@@ -927,7 +938,8 @@ def trace_permutation_spec(
     was_training = model.training
     model.eval()
     try:
-        gm, names, in_shapes = _make_graph(model, example_input, record=True)
+        with single_thread():
+            gm, names, in_shapes = _make_graph(model, example_input, record=True)
     finally:
         model.train(was_training)
     an = _Analyzer(gm, strict)
@@ -979,7 +991,7 @@ def trace_permutation_spec(
             fs.append((None if lf.frozen else leaf_name(lf, param, axis, k), lf.size))
         if all(p is None for p, _ in fs):
             return None
-        return tuple(fs)
+        return _merge_frozen(fs)
 
     for key in state_keys:
         node = by_name.get(key)
@@ -1012,8 +1024,8 @@ def trace_permutation_spec(
                 lf = leaves[0]
                 ents.append(name_of.get(lf.uid) if not lf.frozen else None)
             else:
-                fs = tuple((None if lf.frozen else name_of.get(lf.uid), lf.size) for lf in leaves)
-                ents.append(None if all(p is None for p, _ in fs) else fs)
+                fs = [(None if lf.frozen else name_of.get(lf.uid), lf.size) for lf in leaves]
+                ents.append(None if all(p is None for p, _ in fs) else _merge_frozen(fs))
         node_perms[node.name] = ents
         stack = node.meta.get("nn_module_stack")
         if stack:
