@@ -195,7 +195,8 @@ def export_model(model: nn.Module, input_size: Optional[tuple[int, ...]] = None)
 _PREFIXES = ("module.", "model.")
 
 
-def convert_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def convert_official_state_dict(state: Mapping[str, torch.Tensor], conv_q: str = "as_trained"
+                                ) -> dict[str, torch.Tensor]:
     """Map a state dict of the paper's code onto :class:`SLLNetwork` names.
 
     Handles the ``DataParallel`` / ``NormalizedModel`` prefixes (``module.model.model.3.kernel``),
@@ -203,14 +204,28 @@ def convert_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, 
     ``[1, m]`` (here ``[m]``), and drops entries the layers do not have (``alpha``, the
     normaliser's buffers).
 
+    The released convolution multiplies the Gram by ``exp(-q_i)`` and ``exp(q_i)`` along the
+    same axis, so its ``q`` cancels and the trained network used ``q = 0``. With
+    ``conv_q="as_trained"`` (default) the conv ``q`` are loaded as zeros, which reproduces the
+    trained function exactly; ``conv_q="keep"`` loads the stored values (a different, still
+    1-Lipschitz network).
+
     Args:
         state: the official ``model_state_dict``.
+        conv_q: "as_trained" or "keep".
     Returns:
         a dict loadable with ``SLLNetwork.load_state_dict``.
     """
+    if conv_q not in ("as_trained", "keep"):
+        raise ValueError(f"conv_q: expected 'as_trained' or 'keep', got {conv_q!r}")
     if not isinstance(state, Mapping):
         raise TypeError(f"state: expected a mapping of parameter names to tensors, got {type(state).__name__}")
     out: dict[str, torch.Tensor] = {}
+    conv_layers = set()
+    for key in state:
+        hit = re.search(r"model\.(\d+)\.kernel$", key)
+        if hit:
+            conv_layers.add(hit.group(1))
     for key, value in state.items():
         if "alpha" in key or not isinstance(value, torch.Tensor):
             continue
@@ -225,6 +240,8 @@ def convert_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, 
             name = "weight"
         if name == "bias" and value.dim() > 1:
             value = value.reshape(-1)
+        if name == "q" and idx in conv_layers and conv_q == "as_trained":
+            value = torch.zeros_like(value)
         out[f"model.{idx}.{name}"] = value
     if not out:
         raise ValueError("state: no SLL parameters found (expected keys like 'model.1.kernel' or "
@@ -233,7 +250,7 @@ def convert_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, 
 
 
 def load_official_checkpoint(model: SLLNetwork, path_or_state: Union[str, os.PathLike, Mapping[str, Any]],
-                             strict: bool = True) -> SLLNetwork:
+                             strict: bool = True, conv_q: str = "as_trained") -> SLLNetwork:
     """Load a checkpoint of the paper's code (``model.ckpt-*.pth`` or its ``model_state_dict``).
 
     The file is read with ``torch.load(weights_only=True)``.
@@ -241,7 +258,8 @@ def load_official_checkpoint(model: SLLNetwork, path_or_state: Union[str, os.Pat
     Args:
         model: an :class:`SLLNetwork` with the checkpoint's configuration (e.g. ``sll_small(10)``).
         path_or_state: a path, or an already loaded dict.
-        strict: passed to ``load_state_dict``.
+        strict: require every parameter of the model.
+        conv_q: see :func:`convert_official_state_dict`.
     Returns:
         ``model``, loaded.
     """
@@ -251,7 +269,7 @@ def load_official_checkpoint(model: SLLNetwork, path_or_state: Union[str, os.Pat
         state = path_or_state
     if isinstance(state, Mapping) and "model_state_dict" in state:
         state = state["model_state_dict"]
-    converted = convert_official_state_dict(state)
+    converted = convert_official_state_dict(state, conv_q)
     ours = model.state_dict()
     for k, v in converted.items():
         if k in ours and ours[k].shape != v.shape:

@@ -56,13 +56,26 @@ def test_load_official_checkpoint_roundtrip(tmp_path):
     torch.manual_seed(0)
     src = L.SLLNetwork(10, n_conv=3, n_dense=2, width=8, dense_inner=64)
     path = tmp_path / "model.ckpt-1.pth"
-    torch.save({"model_state_dict": _official_state(src), "epoch": 1}, path)
+    official = _official_state(src)
+    torch.save({"model_state_dict": official, "epoch": 1}, path)
     dst = L.SLLNetwork(10, n_conv=3, n_dense=2, width=8, dense_inner=64)
     L.load_official_checkpoint(dst, str(path))
     x = torch.rand(3, 3, 32, 32)
+    # the released conv layer's q cancels out: the trained network is the one with conv q = 0
+    for layer in src.modules():
+        if isinstance(layer, L.SLLConv2d):
+            assert torch.equal(dst.get_submodule("model." + str(list(src.model).index(layer))).q,
+                               torch.zeros_like(layer.q))
+    with torch.no_grad():
+        for layer in src.modules():
+            if isinstance(layer, L.SLLConv2d):
+                layer.q.zero_()
     src.eval()
     dst.eval()
     assert_close(dst(x), src(x))
+    kept = L.convert_official_state_dict(official, conv_q="keep")
+    assert torch.equal(kept["model.1.q"], official["module.model.model.1.q"])
+    assert kept["model.1.q"].abs().sum() > 0
     wrong = L.SLLNetwork(10, n_conv=3, n_dense=2, width=9, dense_inner=64)
     with assert_raises(ValueError, "shape"):
         L.load_official_checkpoint(wrong, str(path))

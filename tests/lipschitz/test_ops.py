@@ -244,3 +244,16 @@ def test_reference_backend_is_used_when_forced():
     assert_close(t, R.sll_dense_t(w, q))
     with pytest.raises(fastorals.BackendUnavailableError, match="cpp"), fastorals.use_backend("cpp"):
         LF.sll_linear(x, w, None, q)
+
+
+def test_works_without_the_extension():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch, fastorals; from fastorals import lipschitz as L; assert not fastorals._ext.HAS_EXT; "
+            "m = L.SLLLinear(6, 9); x = torch.randn(3, 6, requires_grad=True); m(x).sum().backward(); "
+            "c = L.SLLConv2d(3, 2, 3); c(torch.randn(1, 3, 5, 5)).sum().backward(); print('ok')")
+    env = {**os.environ, "FASTORALS_NO_EXT": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
