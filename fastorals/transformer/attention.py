@@ -18,12 +18,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .._ext import has_triton, select_backend
+from .._ext import BackendUnavailableError, ext_topic, has_triton, requested_backend, select_backend
 from . import reference as _ref
 
 __all__ = ["decode_attention", "flash_attention"]
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+CPP_MAX_T = 16  # the C++ decode kernel keeps a (T, L) score block per thread; longer blocks use SDPA
 _TRITON: Optional[ModuleType] = None
 
 
@@ -260,25 +261,109 @@ def decode_attention(
                              _scale(softmax_scale, D, name))
 
 
+class DecodePlan:
+    """What every layer's decode attention of one step shares (computed once per step).
+
+    Picks the backend once: "triton" (CUDA kernel), "cpp" (the C++ kernel: CPU, float32
+    queries, float32 or bfloat16 cache, ``T <= 16``, no gradient), "torch" (SDPA) or
+    "reference". For SDPA it also holds the used cache prefix ``max(kv_lens)`` (one host read)
+    and the additive mask (none at all when every sequence has the same length and one new token).
+    """
+
+    def __init__(self, kv_lens: torch.Tensor, q_lens: Optional[torch.Tensor], T: int, causal: bool,
+                 q_dtype: torch.dtype, cache_dtype: torch.dtype, device: torch.device, requires_grad: bool = False,
+                 cache_contiguous: bool = True) -> None:
+        backend = select_backend("decode_attention", device, ("triton", "cpp", "torch", "reference"))
+        if backend == "triton" and (cache_dtype not in _TRITON_DTYPES
+                                    or (cache_dtype == torch.float64 and device.type == "cuda")):
+            backend = "torch"
+        if backend == "cpp":
+            why = None
+            if requires_grad:
+                why = "gradients requested (the C++ decode kernel is inference-only)"
+            elif q_dtype != torch.float32 or cache_dtype not in (torch.float32, torch.bfloat16):
+                why = f"q dtype {q_dtype} / cache dtype {cache_dtype} (needs float32 q, float32 or bfloat16 cache)"
+            elif T > CPP_MAX_T:
+                why = f"{T} new tokens (the C++ decode kernel takes at most {CPP_MAX_T})"
+            elif not cache_contiguous:
+                why = "a non-contiguous cache"
+            elif ext_topic("attention") is None:
+                why = "the extension lacks the attention kernels"
+            if why is not None:
+                if requested_backend() == "cpp":
+                    raise BackendUnavailableError(f"decode_attention: backend 'cpp' cannot run this call: {why}")
+                backend = "torch"
+        self.backend = backend
+        self.kv_lens, self.q_lens, self.causal = kv_lens, q_lens, causal
+        self.kernel = backend == "cpp" or (backend == "triton" and not requires_grad)
+        self.used = 0
+        self.mask: Optional[torch.Tensor] = None
+        self.empty_rows: Optional[torch.Tensor] = None
+        if backend == "cpp":
+            self.kv32 = kv_lens.to(torch.int32).contiguous()
+            self.q32 = (q_lens.to(torch.int32).contiguous() if q_lens is not None
+                        else torch.full_like(self.kv32, T))
+            return
+        if backend == "reference" or self.kernel:
+            return
+        dtype = cache_dtype
+        B = kv_lens.shape[0]
+        lo, hi = (int(kv_lens.min()), int(kv_lens.max())) if B else (0, 0)
+        self.used = max(hi, 1)
+        if lo == hi and q_lens is None and (T == 1 or not causal) and lo >= 1:
+            return  # every new token sees the whole (equal) prefix: no mask
+        ok = _ref.attention_mask(B, T, self.used, causal=causal, q_lens=q_lens, kv_lens=kv_lens, device=device)
+        has_key = ok.any(-1, keepdim=True)
+        if not bool(has_key.all()):
+            self.empty_rows = ~has_key
+            ok = ok | self.empty_rows
+        self.mask = torch.zeros(ok.shape, dtype=dtype, device=device).masked_fill_(~ok, float("-inf"))
+
+
+def _cpp_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: DecodePlan,
+                scale: float) -> torch.Tensor:
+    mod = ext_topic("attention")
+    q = q.contiguous()
+    out = torch.empty(q.shape, dtype=torch.float32)
+    if k_cache.dtype == torch.bfloat16:
+        mod.decode_bf16(q.numpy(), k_cache.view(torch.int16).numpy(), v_cache.view(torch.int16).numpy(), out.numpy(),
+                        plan.kv32.numpy(), plan.q32.numpy(), plan.causal, scale, torch.get_num_threads())
+    else:
+        mod.decode_f32(q.numpy(), k_cache.numpy(), v_cache.numpy(), out.numpy(), plan.kv32.numpy(),
+                       plan.q32.numpy(), plan.causal, scale, torch.get_num_threads())
+    return out
+
+
 def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kv_lens: torch.Tensor,
-                      q_lens: Optional[torch.Tensor], causal: bool, scale: float) -> torch.Tensor:
-    """:func:`decode_attention` after argument checks (lengths int32)."""
-    backend = select_backend("decode_attention", q.device, ("triton", "torch", "reference"))
-    if backend == "triton" and (q.dtype not in _TRITON_DTYPES
-                                or (q.dtype == torch.float64 and q.device.type == "cuda")):
-        backend = "torch"
-    if backend == "triton" and not (torch.is_grad_enabled() and q.requires_grad):
+                      q_lens: Optional[torch.Tensor], causal: bool, scale: float,
+                      plan: Optional[DecodePlan] = None) -> torch.Tensor:
+    """:func:`decode_attention` after argument checks (lengths int32); ``plan`` is shared across layers.
+
+    ``q`` may be float32 with a lower-precision cache: the C++ kernel reads it as is, the other
+    paths cast ``q`` to the cache dtype. Returns ``q``'s dtype.
+    """
+    if plan is None:
+        plan = DecodePlan(kv_lens, q_lens, q.shape[2], causal, q.dtype, k_cache.dtype, q.device,
+                          torch.is_grad_enabled() and (q.requires_grad or k_cache.requires_grad
+                                                       or v_cache.requires_grad),
+                          k_cache.is_contiguous() and v_cache.is_contiguous())
+    if plan.backend == "cpp":
+        return _cpp_decode(q, k_cache, v_cache, plan, scale).to(q.dtype)
+    out_dtype = q.dtype
+    q = q.to(k_cache.dtype)
+    if plan.kernel:
         tri = _triton()
         if q.shape[2] <= tri.DECODE_MAX_T:
-            return tri.decode_attn(q, k_cache, v_cache, q_lens, kv_lens, causal, scale)
-        return tri.flash_attn_fwd(q, k_cache, v_cache, q_lens, kv_lens, None, causal, scale, 0.0)[0]
-    if backend in ("triton", "torch"):
-        # read only the used prefix of the cache (one host sync; CPU tensors: free)
-        used = int(kv_lens.max()) if kv_lens.numel() else 0
-        used = max(used, 1)
-        k, v = k_cache[:, :, :used], v_cache[:, :, :used]
-        if backend == "triton":  # differentiable: the flash kernel has a backward
-            return _triton().flash_attn_fwd(q, k, v, q_lens, kv_lens, None, causal, scale, 0.0)[0]
-        return _sdpa(q, k, v, causal, scale, q_lens, kv_lens, 0.0)
-    return _ref.attention(q, k_cache, v_cache, causal=causal, softmax_scale=scale, q_lens=q_lens,
-                          kv_lens=kv_lens)
+            return tri.decode_attn(q, k_cache, v_cache, q_lens, kv_lens, causal, scale).to(out_dtype)
+        return tri.flash_attn_fwd(q, k_cache, v_cache, q_lens, kv_lens, None, causal, scale, 0.0)[0].to(out_dtype)
+    if plan.backend == "reference":
+        return _ref.attention(q, k_cache, v_cache, causal=causal, softmax_scale=scale, q_lens=q_lens,
+                              kv_lens=kv_lens).to(out_dtype)
+    # read only the used prefix of the cache
+    k, v = k_cache[:, :, : plan.used], v_cache[:, :, : plan.used]
+    if plan.backend == "triton":  # gradients wanted: the flash kernel has a backward
+        return _triton().flash_attn_fwd(q, k, v, q_lens, kv_lens, None, causal, scale, 0.0)[0].to(out_dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, scale=scale)
+    if plan.empty_rows is not None:
+        out = out.masked_fill(plan.empty_rows, 0.0)
+    return out.to(out_dtype)

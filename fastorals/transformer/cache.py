@@ -160,7 +160,7 @@ class KVCache:
             self.lens[self.rows(which)] = 0
 
     def write(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor, new_lens: Optional[torch.Tensor] = None,
-              rows: Optional[torch.Tensor] = None) -> None:
+              rows: Optional[torch.Tensor] = None, start: Optional[int] = None) -> None:
         """Write new keys/values of ``layer`` at positions ``lens[b], lens[b] + 1, ...`` (does not advance).
 
         Args:
@@ -170,8 +170,14 @@ class KVCache:
             new_lens: ``(n,)`` number of valid new tokens per sequence (default T); rows past it
                 are not written.
             rows: int64 indices of the sequences written (default all).
+            start: when every sequence has this same length (and ``rows``/``new_lens`` are None),
+                a plain slice copy replaces the scatter.
         """
         n, H, T, D = k_new.shape
+        if start is not None and rows is None and new_lens is None:
+            self.k[layer, :, :, start : start + T] = k_new
+            self.v[layer, :, :, start : start + T] = v_new
+            return
         lens = self.lens if rows is None else self.lens[rows]
         pos = lens.unsqueeze(1) + torch.arange(T, device=self.device)
         bidx = (torch.arange(self.batch, device=self.device) if rows is None else rows).unsqueeze(1).expand(n, T)

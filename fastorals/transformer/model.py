@@ -9,7 +9,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from .attention import _check_lens, _decode_attention, _flash_attention
+from .attention import DecodePlan, _check_lens, _decode_attention, _flash_attention
 from .cache import WINDOW_POLICIES, KVCache
 
 __all__ = ["GPT", "Block", "CausalSelfAttention", "GPTConfig", "Rotary", "apply_rotary"]
@@ -458,14 +458,20 @@ class GPT(nn.Module):
         n_new = new_lens if new_lens is not None else T
         ql = None if new_lens is None else new_lens.to(torch.int32)
         kv_lens = (lens + n_new).to(torch.int32)
+        start = None
+        plan = None
+        if not fresh:
+            plan = DecodePlan(kv_lens, ql, T, True, h.dtype, cache.dtype, cache.device)
+            if rows is None and new_lens is None and cache.device.type == "cpu":
+                lo, hi = int(lens.min()), int(lens.max())  # lock-step sequences: slice writes
+                start = lo if lo == hi else None
         for layer, blk in enumerate(self.blocks):
             q, k, v = blk.attn.heads(blk.ln1(h), rope)
-            cache.write(layer, k, v, new_lens, rows)
+            cache.write(layer, k, v, new_lens, rows, start=start)
             if fresh:  # the cache of these rows was empty: plain causal self-attention
                 o = _flash_attention(q, k, v, True, blk.attn.scale, 0.0, ql, ql)
             else:
-                o = _decode_attention(q.to(cache.dtype), cache.k[layer], cache.v[layer], kv_lens, ql, True,
-                                      blk.attn.scale).to(q.dtype)
+                o = _decode_attention(q, cache.k[layer], cache.v[layer], kv_lens, ql, True, blk.attn.scale, plan)
             h = h + blk.attn.proj(o.transpose(1, 2).reshape(n, T, -1))
             h = h + blk.mlp_eval(blk.ln2(h))
         cache.advance(n_new, rows)

@@ -235,3 +235,60 @@ def test_empty_sequences():
     q, k, v = _qkv(2, 2, 4, 0, 16, grad=True)
     out = flash_attention(q, k, v, causal=False)
     assert out.shape == (2, 2, 4, 16) and (out == 0).all()
+
+
+# ----------------------------------------------------------------------------- C++ decode kernel
+
+needs_cpp = pytest.mark.skipif(fastorals._ext.ext_topic("attention") is None, reason="C++ extension not built")
+
+
+@needs_cpp
+@pytest.mark.parametrize("D", [1, 16, 18, 32, 64, 128])
+@pytest.mark.parametrize("T", [1, 2, 5])
+@pytest.mark.parametrize("causal", [True, False])
+def test_cpp_decode_matches_reference(D, T, causal):
+    B, H, Lmax = 6, 3, 37
+    g = torch.Generator().manual_seed(D * 10 + T)
+    kc = torch.randn(B, H, Lmax, D, generator=g)
+    vc = torch.randn(B, H, Lmax, D, generator=g)
+    kc[:, :, 33:] = float("nan")  # past every kv_len: never read
+    vc[:, :, 33:] = float("inf")
+    q = torch.randn(B, H, T, D, generator=g) * 2
+    kv = torch.tensor([33, 1, 17, 0, 5, 2])
+    for ql in (None, torch.tensor([T, 1, 0, T, T, 2]).clamp(max=T)):
+        kvl = kv.clamp(min=T) if ql is None else kv
+        with fastorals.use_backend("cpp"):
+            out = decode_attention(q, kc, vc, kvl, q_lens=ql, causal=causal)
+        ref = R.attention(q.double(), kc[:, :, :33].double(), vc[:, :, :33].double(), causal=causal, q_lens=ql,
+                          kv_lens=kvl)
+        assert torch.isfinite(out).all()
+        assert_close(out, ref.float())
+
+
+@needs_cpp
+def test_cpp_decode_bf16_cache_and_extremes():
+    from fastorals.transformer.attention import _decode_attention
+
+    B, H, L, D = 4, 2, 50, 64
+    kc = (torch.randn(B, H, L, D) * 30).bfloat16()  # large scores: exp underflow paths
+    vc = torch.randn(B, H, L, D).bfloat16()
+    q = torch.randn(B, H, 1, D)
+    kv = torch.tensor([50, 3, 1, 27], dtype=torch.int32)
+    with fastorals.use_backend("cpp"):
+        out = _decode_attention(q, kc, vc, kv, None, True, 0.125)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    ref = R.attention(q.double(), kc.double(), vc.double(), kv_lens=kv, softmax_scale=0.125)
+    assert_close(out, ref.float())
+
+
+@needs_cpp
+def test_cpp_backend_refuses_what_it_cannot_run():
+    q, k, v = _qkv(2, 2, 1, 8, 16, torch.float64)
+    with assert_raises(fastorals.BackendUnavailableError, "cpp", "float64"), fastorals.use_backend("cpp"):
+        decode_attention(q, k, v, torch.tensor([8, 3]))
+    q, k, v = _qkv(2, 2, 17, 20, 16)
+    with assert_raises(fastorals.BackendUnavailableError, "cpp", "17 new tokens"), fastorals.use_backend("cpp"):
+        decode_attention(q, k, v, torch.tensor([20, 17]))
+    with fastorals.use_backend("auto"):  # automatic choice falls back to SDPA
+        out = decode_attention(q, k, v, torch.tensor([20, 17]))
+    assert_close(out, R.attention(q, k, v, kv_lens=torch.tensor([20, 17])))

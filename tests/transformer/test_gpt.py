@@ -263,3 +263,25 @@ def test_works_without_extension():
     env = dict(os.environ, FASTORALS_NO_EXT="1")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch", "reference"])
+def test_float32_decoding_each_cpu_backend(backend):
+    if backend == "cpp" and fastorals._ext.ext_topic("attention") is None:
+        pytest.skip("C++ extension not built")
+    torch.manual_seed(0)
+    m = GPT(input_dim=5, output_dim=3, n_layer=2, n_head=2, n_embd=32, block_size=32, pos="rope").eval()
+    B = 3
+    x = torch.randn(B, 20, 5)
+    cache = m.make_cache(B, 32)
+    outs = []
+    with fastorals.use_backend(backend):
+        outs.append(m.step(x[:, :4], cache))
+        cache.reset([1])  # sequence 1 restarts: the batch becomes ragged
+        outs.append(m.step(x[:, 4:6], cache))
+        for t in range(6, 20):
+            outs.append(m.step(x[:, t : t + 1], cache))
+    out = torch.cat(outs, 1)
+    full = m(x)
+    assert_close(out[[0, 2]], full[[0, 2]])
+    assert_close(out[1, 4:], m(x[1:2, 4:])[0])
