@@ -244,7 +244,10 @@ class SpectralLoss(NamedTuple):
 
 
 def _spectral_backend(device: torch.device, k: int) -> str:
-    be = _ext.select_backend("spectral_loss", device, ("triton", "cpp", "torch", "reference"))
+    # only consider Triton (and import it) for CUDA tensors or when it is asked for explicitly
+    wants_triton = device.type == "cuda" or _ext.requested_backend() == "triton"
+    impl = ("triton", "cpp", "torch", "reference") if wants_triton else ("cpp", "torch", "reference")
+    be = _ext.select_backend("spectral_loss", device, impl)
     if be == "triton" and k > 256:
         if _ext.requested_backend() == "triton":
             raise _ext.BackendUnavailableError(f"spectral_loss: the Triton kernel supports k <= 256, got k={k}")
