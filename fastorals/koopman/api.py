@@ -295,12 +295,15 @@ def eigenvalue_loss(
     eigs_threshold: float = 0.5,
     reduction: str = "mean",
     return_details: bool = False,
+    check_finite: bool = True,
 ) -> Union[torch.Tensor, SpectralLoss]:
     """SKD spectral penalty of given eigenvalues (see :func:`spectral_loss`).
 
     Args:
         eigvals: (..., k) complex eigenvalues of real matrices (conjugates exact, as returned by
             ``torch.linalg.eig``), differentiable.
+        check_finite: raise on NaN/inf eigenvalues (reads a flag on the host; pass False on CUDA
+            to keep the call free of host synchronization).
         Other arguments: as :func:`spectral_loss`.
 
     Returns:
@@ -310,7 +313,7 @@ def eigenvalue_loss(
         raise TypeError(f"eigvals: expected a complex tensor, got {getattr(eigvals, 'dtype', type(eigvals))}")
     if eigvals.dim() < 1 or eigvals.shape[-1] < 1:
         raise ValueError(f"eigvals: expected shape (..., k) with k >= 1, got {tuple(eigvals.shape)}")
-    if not bool(torch.isfinite(torch.view_as_real(eigvals.detach())).all()):
+    if check_finite and not bool(torch.isfinite(torch.view_as_real(eigvals.detach())).all()):
         raise ValueError("eigvals: contains non-finite values (NaN or inf)")
     _check_num_static(num_static)
     sm, dm = _modes(variant, static_mode, dynamic_mode)

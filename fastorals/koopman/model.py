@@ -117,7 +117,7 @@ class SKDOutput:
 
 @dataclass
 class SKDLoss:
-    """Loss terms (tensors); ``total`` is the weighted sum that training minimizes."""
+    """Loss terms (tensors, never read on the host here); ``total`` is the weighted sum training minimizes."""
 
     total: torch.Tensor
     reconstruction: torch.Tensor
@@ -125,7 +125,7 @@ class SKDLoss:
     prediction_latent: torch.Tensor
     eig_static: torch.Tensor
     eig_dynamic: torch.Tensor
-    num_static_eigvals: int
+    num_static_eigvals: torch.Tensor
 
     def as_dict(self) -> dict[str, float]:
         return {k: (float(v.detach()) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
@@ -254,7 +254,7 @@ class StructuredKoopmanAE(nn.Module):
         out = eigenvalue_loss(eigvals, self.num_static, self.variant, static_mode=self.static_mode,
                               dynamic_mode=self.dynamic_mode, dynamic_threshold=self.dynamic_threshold,
                               ball_radius=self.ball_radius, eigs_threshold=self.eigs_threshold,
-                              return_details=True)
+                              return_details=True, check_finite=eigvals.device.type != "cuda")
         assert isinstance(out, SpectralLoss)
         return out
 
@@ -266,7 +266,7 @@ class StructuredKoopmanAE(nn.Module):
         pl = mse(out.z, out.z_pred)
         spec = self.spectral_terms(out.eigvals)
         total = self.w_rec * rec + self.w_pred * (pa + pl) + self.w_eig * (spec.static + spec.dynamic)
-        return SKDLoss(total, rec, pa, pl, spec.static, spec.dynamic, int(spec.num_static_eigvals))
+        return SKDLoss(total, rec, pa, pl, spec.static, spec.dynamic, spec.num_static_eigvals)
 
     # -------------------------------------------------------------------------- swaps
 

@@ -59,3 +59,12 @@ def test_triton_spectral_loss_of_matrices(triton_device):
     with fastorals.use_backend("triton"):
         got = spectral_loss(C.to(triton_device), 3, "released")
     assert_close(got.cpu(), ref)
+
+
+@pytest.mark.gpu
+def test_triton_op_under_torch_compile():
+    lam = torch.linalg.eigvals(torch.randn(4, 40, 40, device="cuda") / 7)
+    with fastorals.use_backend("triton"):
+        ref = eigenvalue_loss(lam, 7, reduction="none", check_finite=False)
+        f = torch.compile(lambda x: eigenvalue_loss(x, 7, reduction="none", check_finite=False))
+        assert_close(f(lam), ref)
