@@ -14,6 +14,7 @@ Distillation). Public API:
 * :class:`GPT`, :class:`GPTConfig`: pre-norm causal transformer over token ids, continuous
   features or pre-embedded vectors; learned, rotary or no positions; ``forward`` for training,
   ``step`` for incremental decoding with a :class:`KVCache`.
+* :func:`window_error`: per-step error of a sliding-window policy against full recompute.
 * :mod:`fastorals.transformer.reference`: the obvious math, the oracle of the tests.
 
 Example:
@@ -29,6 +30,7 @@ from . import reference
 from .attention import _preload_triton, decode_attention, flash_attention
 from .cache import WINDOW_POLICIES, KVCache
 from .model import GPT, Block, CausalSelfAttention, GPTConfig, Rotary, apply_rotary
+from .windows import window_error
 
 __all__ = [
     "GPT",
@@ -42,6 +44,7 @@ __all__ = [
     "decode_attention",
     "flash_attention",
     "reference",
+    "window_error",
 ]
 
 _preload_triton()

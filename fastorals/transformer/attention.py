@@ -189,7 +189,10 @@ def _flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
                      dropout_p: float, q_lens: Optional[torch.Tensor], kv_lens: Optional[torch.Tensor],
                      seed: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`flash_attention` after argument checks (lengths int32 or None)."""
-    backend = select_backend("flash_attention", q.device, ("triton", "torch", "reference"))
+    if torch.compiler.is_compiling():  # no thread-local / environment lookups inside a traced graph
+        backend = "triton" if q.device.type == "cuda" and _TRITON is not None else "torch"
+    else:
+        backend = select_backend("flash_attention", q.device, ("triton", "torch", "reference"))
     if backend == "triton" and q.dtype not in _TRITON_DTYPES:
         backend = "torch"
     if backend == "triton" and q.dtype == torch.float64 and q.device.type == "cuda":

@@ -285,3 +285,25 @@ def test_float32_decoding_each_cpu_backend(backend):
     full = m(x)
     assert_close(out[[0, 2]], full[[0, 2]])
     assert_close(out[1, 4:], m(x[1:2, 4:])[0])
+
+
+def test_window_error_helper():
+    from fastorals.transformer import window_error
+
+    x = torch.randn(2, 30, 5, dtype=torch.float64)
+    one = _model("feat", "rope", n_layer=1, block_size=16)
+    two = _model("feat", "rope", n_layer=2, block_size=16)
+    assert window_error(one, x, max_len=10, slide=3, window="shift").max() < 1e-12
+    assert window_error(two, x, max_len=10, slide=3, window="reprefill").max() < 1e-12
+    err = window_error(two, x, max_len=10, slide=3, window="shift")
+    assert err[:10].max() < 1e-12 and err[10:].max() > 1e-6  # exact until the first slide
+    with assert_raises(ValueError, "window", "shift"):
+        window_error(two, x, max_len=10, slide=3, window="error")
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_cpu():
+    m = _model("feat", "rope").float()
+    x = torch.randn(2, 16, 5)
+    compiled = torch.compile(m, fullgraph=True)
+    assert_close(compiled(x), m(x))
