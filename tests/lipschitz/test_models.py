@@ -15,15 +15,17 @@ from fastorals.testing import assert_close, assert_raises
 def test_paper_configs():
     assert L.SLL_CONFIGS == {"small": (20, 7, 45, 2048), "medium": (30, 10, 60, 2048),
                              "large": (50, 10, 90, 2048), "xlarge": (70, 15, 120, 2048)}
-    net = L.sll_small(10)
+    net = L.sll_small(10, image_size=8)  # 8x8 inputs keep the dense layers small (2048 x 180)
     convs = [m for m in net.modules() if isinstance(m, L.SLLConv2d)]
     dense = [m for m in net.modules() if isinstance(m, L.SLLLinear)]
     assert len(convs) == 20 and len(dense) == 7
     assert all(c.channels == 45 and c.inner_channels == 5 and c.kernel_size == 3 for c in convs)
-    assert all(d.features == 45 * 64 and d.inner_features == 2048 for d in dense)
+    assert all(d.features == 45 * 4 and d.inner_features == 2048 for d in dense)
     assert net.head.out_features == 10
+    assert sum(p.numel() for p in net.parameters()) == 20 * (5 * 45 * 9 + 5 + 5) + 7 * (2048 * 180 + 2 * 2048) + (
+        180 * 10 + 10)
     with torch.no_grad():
-        assert net.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+        assert net.eval()(torch.rand(2, 3, 8, 8)).shape == (2, 10)
 
 
 def test_builders_accept_options():
