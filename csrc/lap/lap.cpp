@@ -47,6 +47,9 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr int kWarmArrPasses = 1;
+// warm start falls back to a cold start when column reduction leaves fewer free rows than
+// this fraction of the rows the warm duals release
+constexpr double kColdRatio = 0.6;
 
 enum Isa : int { kAuto = 0, kScalar = 1, kAvx2 = 2, kAvx512 = 3 };
 
@@ -482,6 +485,7 @@ struct Stats {
   int64_t arr_steps = 0;        // augmenting row reduction row scans
   int64_t dijkstra_scans = 0;   // Dijkstra row scans
   int64_t released = 0;         // warm start: previous pairs released
+  int64_t cold_fallback = 0;    // warm start: 1 when the cold start was cheaper
 };
 
 // ------------------------------------------------------------------------------------------
@@ -513,7 +517,7 @@ class Solver {
   Stats warm() {
     std::vector<int32_t> free_rows;
     warm_init(free_rows);
-    arr(free_rows, kWarmArrPasses);
+    arr(free_rows, stats_.cold_fallback ? 2 : kWarmArrPasses);
     stats_.free_after_init = static_cast<int64_t>(free_rows.size());
     augment_all(free_rows);
     return stats_;
@@ -529,8 +533,8 @@ class Solver {
   [[noreturn]] void invalid() const {
     throw InvalidCost("cost: expected finite values or +inf (forbidden pairs); found NaN or -inf");
   }
-  [[noreturn]] void infeasible(int64_t i) const {
-    throw Infeasible("cost: infeasible assignment: row " + std::to_string(i) +
+  [[noreturn]] void infeasible(int64_t i, const char* what = "row") const {
+    throw Infeasible(std::string("cost: infeasible assignment: ") + what + " " + std::to_string(i) +
                      " cannot be matched through finite entries (too many +inf / forbidden pairs)");
   }
 
@@ -549,9 +553,15 @@ class Solver {
     });
     for (char b : bad)
       if (b) invalid();
+    reduce_from_column_minima(imin, free_rows);
+  }
+
+  // Given v = column minima and their rows: each column goes to its minimum row if that row is
+  // still unmatched (columns visited from last to first); then reduction transfer.
+  void reduce_from_column_minima(const std::vector<int32_t>& imin, std::vector<int32_t>& free_rows) {
     std::vector<int32_t> matches(n_, 0);
     for (int64_t j = m_ - 1; j >= 0; --j) {
-      if (!(v_[j] < kInf)) infeasible(j);  // an all-forbidden column in a square problem
+      if (!(v_[j] < kInf)) infeasible(j, "column");  // all forbidden, in a square problem
       const int32_t i = imin[j];
       if (matches[i]++ == 0) {
         x_[i] = j;
@@ -565,6 +575,7 @@ class Solver {
       if (matches[i] == 0) free_rows.push_back(static_cast<int32_t>(i));
       else if (matches[i] == 1) single.push_back(static_cast<int32_t>(i));
     }
+    if (free_rows.empty()) return;  // every row got a column at reduced cost 0: already optimal
     std::vector<double> mu(single.size());
     parallel_for_dynamic(static_cast<int64_t>((single.size() + 63) / 64), threads_, [&](int64_t blk) {
       const int64_t b = blk * 64, e = std::min<int64_t>(b + 64, single.size());
@@ -646,15 +657,21 @@ class Solver {
       if (std::isnan(v_[j])) v_[j] = 0.0;
       else if (std::isinf(v_[j])) v_[j] = 0.0;
     }
-    // reduced-cost minima of every row (checks every entry for NaN / -inf on the way)
+    // One pass over the matrix: reduced-cost minimum of every row under the warm duals (is the
+    // previous column still a minimum?), NaN / -inf checks, and, for square problems, the column
+    // minima of a cold start, so that the cheaper of the two starts can be taken.
     std::vector<char> keep(n_, 0);
     std::vector<double> r(n_, kInf);  // r_i = reduced cost of row i at its column
     std::vector<char> bad(n_, 0);
-    parallel_for_dynamic((n_ + 31) / 32, threads_, [&](int64_t blk) {
-      const int64_t b = blk * 32, e = std::min<int64_t>(b + 32, n_);
+    const bool both = n_ == m_;
+    const int nt = clamp_threads(threads_, std::max<int64_t>(1, n_ / 64));
+    std::vector<std::vector<double>> cmin(both ? nt : 0, std::vector<double>(both ? m_ : 0, kInf));
+    std::vector<std::vector<int32_t>> cidx(both ? nt : 0, std::vector<int32_t>(both ? m_ : 0, -1));
+    parallel_chunks(n_, nt, [&](int64_t b, int64_t e, int tid) {
       for (int64_t i = b; i < e; ++i) {
         const TwoMin t = k_.twomin(row(i), v_, m_);
         bad[i] = t.bad;
+        if (both) k_.colmin(row(i), cmin[tid].data(), cidx[tid].data(), static_cast<int32_t>(i), 0, m_);
         const int64_t j = x_[i];
         if (j >= 0) {
           const double rij = val<T, NEG>(row(i) + j) - v_[j];
@@ -668,6 +685,40 @@ class Solver {
     });
     for (int64_t i = 0; i < n_; ++i)
       if (bad[i]) invalid();
+    int64_t released = 0;
+    for (int64_t i = 0; i < n_; ++i) released += (x_[i] >= 0 && !keep[i]) || x_[i] < 0;
+    if (both) {
+      // merge the per-thread column minima (row chunks are in order: ties go to the lower row)
+      for (int t = 1; t < static_cast<int>(cmin.size()); ++t)
+        for (int64_t j = 0; j < m_; ++j)
+          if (cmin[t][j] < cmin[0][j]) {
+            cmin[0][j] = cmin[t][j];
+            cidx[0][j] = cidx[t][j];
+          }
+      std::vector<char> hit(n_, 0);
+      int64_t matched = 0;
+      for (int64_t j = 0; j < m_; ++j) {
+        const int32_t i = cidx[0][j];
+        if (i >= 0 && !hit[i]) {
+          hit[i] = 1;
+          ++matched;
+        }
+      }
+      // a cold start leaving clearly fewer free rows than the warm start releases is cheaper
+      if (static_cast<double>(n_ - matched) < kColdRatio * static_cast<double>(released)) {
+        stats_.released = released;
+        stats_.cold_fallback = 1;
+        for (int64_t i = 0; i < n_; ++i) x_[i] = -1;
+        for (int64_t j = 0; j < m_; ++j) {
+          y_[j] = -1;
+          v_[j] = cmin[0][j];
+        }
+        for (int64_t j = 0; j < m_; ++j)
+          if (!(v_[j] < kInf)) infeasible(j, "column");
+        reduce_from_column_minima(cidx[0], free_rows);
+        return;
+      }
+    }
     for (int64_t i = 0; i < n_; ++i) {
       if (x_[i] >= 0 && !keep[i]) {
         y_[x_[i]] = -1;
@@ -807,6 +858,7 @@ py::dict solve_impl(carray<T> cost, bool negate, carray<double> v, carray<int64_
   out["arr_steps"] = st.arr_steps;
   out["dijkstra_scans"] = st.dijkstra_scans;
   out["released"] = st.released;
+  out["cold_fallback"] = st.cold_fallback;
   out["isa"] = chosen == kAvx512 ? "avx512" : (chosen == kAvx2 ? "avx2" : "scalar");
   return out;
 }
