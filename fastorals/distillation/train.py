@@ -122,6 +122,7 @@ def train_ad(
     log_every: int = 50,
     progress: bool = True,
     amp: Optional[bool] = None,
+    until: Optional[int] = None,
 ) -> TrainResult:
     """Train ``model`` to predict the source algorithm's actions from its learning histories.
 
@@ -141,6 +142,9 @@ def train_ad(
         log_every: steps per logged loss/accuracy point.
         progress: progress bar (rank 0).
         amp: bfloat16 autocast (default: on for CUDA).
+        until: stop once this many steps are done (the schedule still spans ``steps``): train in
+            chunks, e.g. to evaluate in between; a later call with a larger ``until`` (or none)
+            resumes from the checkpoint.
     Returns:
         :class:`TrainResult`.
     Raises:
@@ -171,6 +175,9 @@ def train_ad(
             raise ValueError(f"train_ad: {arg} must be a {'non-negative' if arg == 'steps' else 'positive'} int, got {val!r}")
     if not lr > 0:
         raise ValueError(f"train_ad: lr must be > 0, got {lr}")
+    if until is not None and (isinstance(until, bool) or not isinstance(until, int) or not 0 <= until <= steps):
+        raise ValueError(f"train_ad: until must be an int in [0, steps={steps}], got {until!r}")
+    stop = steps if until is None else until
     rank, world = _dist()
     device = next(model.parameters()).device
     amp = device.type == "cuda" if amp is None else bool(amp)
@@ -213,13 +220,13 @@ def train_ad(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=steps - start, disable=not progress or rank != 0, desc="train AD", unit="step", leave=False)
+    bar = tqdm(total=max(stop - start, 0), disable=not progress or rank != 0, desc="train AD", unit="step", leave=False)
     t0 = time.perf_counter()
     run_loss = torch.zeros((), device=device)
     run_acc = torch.zeros((), device=device)
     run_n = 0
     model.train()
-    for step in range(start, steps):
+    for step in range(start, stop):
         g = torch.Generator().manual_seed(_mix(seed, rank, step, 1))
         obs, act, pa, pr, pd = sample_windows(streams, batch_size, c.context, g, align)
         cur_lr = _lr_at(step, steps, lr, warmup, min_lr_ratio)
@@ -240,7 +247,7 @@ def train_ad(
         run_acc += (logits.detach().argmax(-1) == act).float().mean()
         run_n += 1
         bar.update(1)
-        if run_n == log_every or step + 1 == steps:
+        if run_n == log_every or step + 1 == stop:
             lv, av = float(run_loss) / run_n, float(run_acc) / run_n
             if not math.isfinite(lv):
                 raise FloatingPointError(f"train_ad: loss became {lv} at step {step}; lower lr")
@@ -253,7 +260,7 @@ def train_ad(
             run_acc.zero_()
             run_n = 0
         res.steps_run = step + 1
-        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < stop:
             res.seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
             save()
