@@ -471,6 +471,17 @@ struct Kernels {
   }
 };
 
+// Runs fn(block) for every block; serially (no OpenMP region) when one thread or one block.
+template <typename F>
+void for_blocks(int64_t blocks, int threads, F&& fn) {
+  if (blocks <= 0) return;
+  if (threads <= 1 || blocks == 1) {
+    for (int64_t b = 0; b < blocks; ++b) fn(b);
+    return;
+  }
+  parallel_for_dynamic(blocks, threads, fn);
+}
+
 class InvalidCost : public std::invalid_argument {
  public:
   using std::invalid_argument::invalid_argument;
@@ -545,7 +556,7 @@ class Solver {
     for (int64_t j = 0; j < m_; ++j) v_[j] = kInf;
     const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(threads_, m_ / 256));
     std::vector<char> bad(blocks, 0);
-    parallel_for_dynamic(blocks, static_cast<int>(blocks), [&](int64_t blk) {
+    for_blocks(blocks, static_cast<int>(blocks), [&](int64_t blk) {
       const int64_t b = m_ * blk / blocks, e = m_ * (blk + 1) / blocks;
       bool any = false;
       for (int64_t i = 0; i < n_; ++i) any |= k_.colmin(row(i), v_, imin.data(), static_cast<int32_t>(i), b, e);
@@ -577,7 +588,7 @@ class Solver {
     }
     if (free_rows.empty()) return;  // every row got a column at reduced cost 0: already optimal
     std::vector<double> mu(single.size());
-    parallel_for_dynamic(static_cast<int64_t>((single.size() + 63) / 64), threads_, [&](int64_t blk) {
+    for_blocks(static_cast<int64_t>((single.size() + 63) / 64), threads_, [&](int64_t blk) {
       const int64_t b = blk * 64, e = std::min<int64_t>(b + 64, single.size());
       for (int64_t s = b; s < e; ++s) {
         const int32_t i = single[s];
@@ -667,7 +678,7 @@ class Solver {
     const int nt = clamp_threads(threads_, std::max<int64_t>(1, n_ / 64));
     std::vector<std::vector<double>> cmin(both ? nt : 0, std::vector<double>(both ? m_ : 0, kInf));
     std::vector<std::vector<int32_t>> cidx(both ? nt : 0, std::vector<int32_t>(both ? m_ : 0, -1));
-    parallel_chunks(n_, nt, [&](int64_t b, int64_t e, int tid) {
+    auto body = [&](int64_t b, int64_t e, int tid) {
       for (int64_t i = b; i < e; ++i) {
         const TwoMin t = k_.twomin(row(i), v_, m_);
         bad[i] = t.bad;
@@ -682,7 +693,9 @@ class Solver {
           keep[i] = rij <= t.u1 + tol && rij < kInf;
         }
       }
-    });
+    };
+    if (nt == 1) body(0, n_, 0);
+    else parallel_chunks(n_, nt, body);
     for (int64_t i = 0; i < n_; ++i)
       if (bad[i]) invalid();
     int64_t released = 0;

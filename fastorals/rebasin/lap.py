@@ -69,17 +69,31 @@ def _as_numpy(cost: Any) -> tuple[np.ndarray, Optional[torch.device]]:
     return arr, None
 
 
+_CPU = torch.device("cpu")
+_IMPLEMENTED = ("cpp", "reference")
+_TOPIC: list = []
+
+
+def _lap_topic() -> Any:
+    if not _TOPIC:
+        _TOPIC.append(_ext.ext_topic("lap"))
+    return _TOPIC[0]
+
+
 def _solve_internal(c: np.ndarray, negate: bool, v: np.ndarray, x: np.ndarray, warm: bool) -> dict:
     """Solve c [n, m] (n <= m, C-contiguous) in place: x row->col, v col duals; returns counters + u."""
     n = c.shape[0]
-    u = np.zeros(n)
-    backend = _ext.select_backend("rebasin.linear_sum_assignment", torch.device("cpu"), ("cpp", "reference"))
+    u = np.empty(n)
+    topic = _lap_topic()
+    if topic is not None and _ext.requested_backend() == "auto":
+        backend = "cpp"
+    else:
+        backend = _ext.select_backend("rebasin.linear_sum_assignment", _CPU, _IMPLEMENTED)
     if backend == "cpp":
-        C = _ext.ext_topic("lap")
-        if C is None:  # an extension built without this topic
+        if topic is None:  # an extension built without this topic
             raise _ext.BackendUnavailableError("linear_sum_assignment: the extension has no 'lap' topic")
-        fn = C.solve_f32 if c.dtype == np.float32 else C.solve_f64
-        stats = dict(fn(c, negate, v, x, u, warm, 0, torch.get_num_threads()))
+        fn = topic.solve_f32 if c.dtype == np.float32 else topic.solve_f64
+        stats = fn(c, negate, v, x, u, warm, 0, torch.get_num_threads())
     else:
         xr, ur, vr = lap_reference(
             c, negate, v if warm else None, x if warm else None
@@ -156,12 +170,13 @@ def linear_sum_assignment(
     c = np.ascontiguousarray(arr.T if transposed else arr)
     ni, mi = c.shape
     v = np.zeros(mi)
-    x = np.full(ni, -1, dtype=np.int64)
+    x = np.empty(ni, dtype=np.int64)
     warm = warm_start is not None
     if warm:
         if transposed:
             v[:] = sgn * np.asarray(warm_start.row_duals, dtype=np.float64)
             col_of_row = np.asarray(warm_start.col_of_row, dtype=np.int64)
+            x.fill(-1)
             ok = (col_of_row >= 0) & (col_of_row < m)
             x[col_of_row[ok]] = np.nonzero(ok)[0]
         else:
@@ -175,6 +190,13 @@ def linear_sum_assignment(
             msg = ("cost: expected finite values or -inf (forbidden pairs, maximize=True); found NaN or +inf")
         raise ValueError(msg) from None
     u = stats["u"]
+    if not return_duals:
+        if transposed:
+            order = np.argsort(x, kind="stable")
+            rows, cols = x[order], np.arange(m, dtype=np.int64)[order]
+        else:
+            rows, cols = np.arange(n, dtype=np.int64), x
+        return _finish(rows, cols, None, device, False)
     if ni < mi:  # free columns share the largest dual: shift it to 0 (LP dual of "at most one")
         free = np.ones(mi, dtype=bool)
         free[x] = False
@@ -196,7 +218,8 @@ def linear_sum_assignment(
     return _finish(rows, cols, duals, device, return_duals)
 
 
-def _finish(rows: np.ndarray, cols: np.ndarray, duals: AssignmentDuals, device: Optional[torch.device], return_duals: bool):
+def _finish(rows: np.ndarray, cols: np.ndarray, duals: Optional[AssignmentDuals], device: Optional[torch.device],
+            return_duals: bool):
     if device is not None:
         rows = torch.from_numpy(rows).to(device)
         cols = torch.from_numpy(cols).to(device)

@@ -68,61 +68,93 @@ def _check_pair(spec: PermutationSpec, a: dict[str, torch.Tensor], b: dict[str, 
 
 
 class _Term:
-    """One (tensor, expanded axis) use of a permutation: cost += A_mat @ permuted(B)_mat^T."""
+    """One (tensor, expanded axis k) use of a permutation: ``cost += A_mat @ pi(B)_T``.
+
+    ``A_mat`` is A with axis k first, flattened to [n, R]; ``B_T`` is B with axis k last,
+    flattened to [R, n]. The other permutations act on the R "rest" positions, so ``pi(B)_T`` is
+    a gather of whole rows of ``B_T`` (contiguous copies, no strided gathers) and the product a
+    plain GEMM. A later change of a few units of another permutation only touches the rows of
+    those units: the cached product is corrected with a GEMM over just them.
+    """
 
     def __init__(self, name: str, k: int, sizes: list[int], names: list[Optional[str]],
                  a: torch.Tensor, b: torch.Tensor) -> None:
         self.name = name
         self.k = k
-        self.sizes = sizes
-        self.perm_axes = {p: j for j, p in enumerate(names) if p is not None and j != k}
-        self.a = a.reshape(sizes)
-        self.b = b.reshape(sizes)
         self.n = sizes[k]
-        self.a_mat = self.a.movedim(k, 0).reshape(self.n, -1)
+        rest = [d for d in range(len(sizes)) if d != k]
+        self.rest_sizes = [sizes[d] for d in rest]
+        self.perm_axes = {p: rest.index(j) for j, p in enumerate(names) if p is not None and j != k}
+        a = a.reshape(sizes)
+        b = b.reshape(sizes)
+        self.a_mat = a.movedim(k, 0).reshape(self.n, -1).contiguous()
+        self._a = a
+        self.b_t = b.movedim(k, -1).reshape(-1, self.n).contiguous() if self.perm_axes else None
+        self._b_mat = None if self.perm_axes else b.movedim(k, 0).reshape(self.n, -1)
+        self.a_t: Optional[torch.Tensor] = None
         self.cache: Optional[torch.Tensor] = None
         self.snap: dict[str, torch.Tensor] = {}
+        dev = a.device
+        strides, acc = [], 1
+        for sz in reversed(self.rest_sizes):
+            strides.append(acc)
+            acc *= sz
+        self.strides = list(reversed(strides))
+        self.base = [torch.arange(sz, device=dev) for sz in self.rest_sizes]
 
     @property
     def constant(self) -> bool:
         return not self.perm_axes
 
-    def _b_mat(self, perms: Mapping[str, torch.Tensor], sel: Optional[tuple[int, torch.Tensor]] = None) -> torch.Tensor:
-        # gather from the moved view: index_select writes its result contiguously in the moved
-        # layout, so the final reshape is free
-        x = self.b.movedim(self.k, 0)
-        for p, j in self.perm_axes.items():
-            idx = perms[p]
-            if sel is not None and sel[0] == j:
-                idx = sel[1]
-            x = x.index_select(j + 1 if j < self.k else j, idx)
-        return x.reshape(self.n, -1)
+    def _rows(self, perms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Row index into ``B_T`` for every rest position under ``perms`` (mixed radix)."""
+        idx = None
+        nd = len(self.rest_sizes)
+        by_axis = {d: p for p, d in self.perm_axes.items()}
+        for d in range(nd):
+            v = perms[by_axis[d]] if d in by_axis else self.base[d]
+            shape = [1] * nd
+            shape[d] = -1
+            term = (v * self.strides[d]).view(shape)
+            idx = term if idx is None else idx + term
+        return idx.reshape(-1)
 
     def full(self, perms: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.a_mat @ self._b_mat(perms).T
+        if self.b_t is None:
+            return self.a_mat @ self._b_mat.T
+        return self.a_mat @ self.b_t.index_select(0, self._rows(perms))
 
     def value(self, perms: Mapping[str, torch.Tensor], max_frac: float) -> tuple[torch.Tensor, str]:
         """This term's [n, n] product for ``perms``: cached, updated for a few changed entries, or recomputed."""
         if self.cache is not None:
             changed = {}
             frac = 0.0
-            for p, j in self.perm_axes.items():
+            for p, d in self.perm_axes.items():
                 diff = torch.nonzero(self.snap[p] != perms[p]).flatten()
                 if diff.numel():
                     changed[p] = diff
-                    frac += diff.numel() / self.sizes[j]
+                    frac += diff.numel() / self.rest_sizes[d]
             if not changed:
                 return self.cache, "cached"
             if frac <= max_frac:
+                if self.a_t is None:
+                    self.a_t = self._a.movedim(self.k, -1).reshape(-1, self.n).contiguous()
                 cur = dict(self.snap)
+                nd = len(self.rest_sizes)
                 for p, pos in changed.items():
-                    j = self.perm_axes[p]
-                    a_s = self.a.index_select(j, pos).movedim(self.k, 0).reshape(self.n, -1)
-                    b_new = self._b_mat(cur, (j, perms[p][pos]))
-                    b_old = self._b_mat(cur, (j, cur[p][pos]))
-                    # the selected slices come first along axis j, in the order of ``pos``
-                    self.cache.addmm_(a_s, (b_new - b_old).T)
+                    d = self.perm_axes[p]
+                    old_rows = self._rows(cur)
                     cur[p] = perms[p]
+                    new_rows = self._rows(cur)
+                    # rest positions whose coordinate along axis d is a changed unit
+                    sel = torch.zeros(self.rest_sizes[d], dtype=torch.bool, device=pos.device)
+                    sel[pos] = True
+                    shape = [1] * nd
+                    shape[d] = -1
+                    mask = sel.view(shape).expand(self.rest_sizes).reshape(-1)
+                    at = torch.nonzero(mask).flatten()
+                    delta = self.b_t.index_select(0, new_rows[at]) - self.b_t.index_select(0, old_rows[at])
+                    self.cache.addmm_(self.a_t.index_select(0, at).T, delta)
                 self.snap = {p: perms[p].clone() for p in self.perm_axes}
                 return self.cache, "updated"
         self.cache = self.full(perms)
@@ -131,11 +163,11 @@ class _Term:
 
 
 def _objective(spec: PermutationSpec, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor],
-               perms: Mapping[str, torch.Tensor], names: list[str]) -> float:
-    """sum over tensors of <A, pi(B)>: one dot product per tensor, summed in float64."""
+               perms: Optional[Mapping[str, torch.Tensor]], names: list[str]) -> float:
+    """sum over tensors of <A, pi(B)> (identity when ``perms`` is None): one dot product per tensor, summed in float64."""
     total = 0.0
     for name in names:
-        pb = permute_tensor(spec, name, b[name], perms)
+        pb = b[name] if perms is None else permute_tensor(spec, name, b[name], perms)
         total += float(torch.dot(a[name].reshape(-1), pb.reshape(-1)))
     return total
 
@@ -240,7 +272,7 @@ def weight_matching(
             duals[p] = None
     stats: dict[str, Any] = {"cost_s": 0.0, "lap_s": 0.0, "products": {"cached": 0, "updated": 0, "computed": 0},
                              "solves": 0}
-    objective = [_objective(spec, a, b, perms, names)]
+    objective = [_objective(spec, a, b, perms if init is not None else None, names)]
     result = MatchingResult(perms, objective, 0, False, stats)
     bar = None
     if progress:
