@@ -257,3 +257,23 @@ def test_works_without_the_extension():
     env = {**os.environ, "FASTORALS_NO_EXT": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@given(k=st.sampled_from([1, 3, 5]), stride=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
+       m=st.integers(1, 4), c=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_sll_conv_property(k, stride, h, w, m, c, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, c, h, w, generator=g, dtype=torch.float64, requires_grad=True)
+    kern = torch.randn(m, c, k, k, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(m, generator=g, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(m, generator=g, dtype=torch.float64, requires_grad=True)
+    y = LF.sll_conv2d(x, kern, b, q, stride)
+    y_ref = R.sll_conv(x, kern, b, q, stride)
+    assert y.shape == x.shape
+    assert_close(y, y_ref)
+    gy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    assert_grads_close(_grads(y, [x, kern, b, q], gy), _grads(y_ref, [x, kern, b, q], gy))
+    # 1-Lipschitz on this pair of inputs
+    x2 = x.detach() + torch.randn(x.shape, generator=g, dtype=torch.float64)
+    d_out = (LF.sll_conv2d(x2, kern, b, q, stride) - y).detach().norm()
+    assert d_out <= (x2 - x.detach()).norm() * (1 + 1e-9)
