@@ -136,7 +136,7 @@ def _fwd_block(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, start_n, of
                      mask=dmask[:, None] & nmask[None, :], other=0.0)
     else:
         kt = tl.load(k_base + offs_n[None, :] * skn + offs_d[:, None] * skd, mask=dmask[:, None], other=0.0)
-    s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+    s = tl.dot(q, kt, input_precision=PRECISION, out_dtype=acc.dtype) * qk_scale
     if MASKED:
         valid = nmask[None, :]
         if CAUSAL:
@@ -260,14 +260,14 @@ def _bwd_dkdv_block(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sq
     # rows without any visible key (lse = -inf) or past the valid length contribute nothing
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * tl.full([], 1.4426950408889634, lse.dtype))
     delta = tl.load(delta_base + offs_m, mask=mrow, other=0.0)
-    st = tl.dot(k, qt, input_precision=PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M), log2 units
+    st = tl.dot(k, qt, input_precision=PRECISION, out_dtype=dk.dtype) * qk_scale  # (BLOCK_N, BLOCK_M), log2 units
     pt = tl.math.exp2(st - lse2[None, :])
     if MASKED:
         valid = offs_n[:, None] < kv_len
         if CAUSAL:
             valid = valid & (offs_n[:, None] <= offs_m[None, :] + shift)
         pt = tl.where(valid, pt, 0.0)
-    dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
+    dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION, out_dtype=dk.dtype)  # (BLOCK_N, BLOCK_M)
     if HAS_DROPOUT:
         keep = tl.trans(_keep_mask(seed, bh, offs_m, offs_n, Lk, dropout_p))
         pdt = tl.where(keep, pt * inv_keep, 0.0)
@@ -357,14 +357,14 @@ def _bwd_dq_block(dq, q, do, lse2, delta, k_base, v_base, skn, skd, svn, svd, st
         m2 = dmask[:, None]
     kt = tl.load(k_base + offs_n[None, :] * skn + offs_d[:, None] * skd, mask=m2, other=0.0)
     vt = tl.load(v_base + offs_n[None, :] * svn + offs_d[:, None] * svd, mask=m2, other=0.0)
-    s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+    s = tl.dot(q, kt, input_precision=PRECISION, out_dtype=dq.dtype) * qk_scale
     p = tl.math.exp2(s - lse2[:, None])
     if MASKED:
         valid = offs_n[None, :] < kv_len
         if CAUSAL:
             valid = valid & (offs_n[None, :] <= offs_m[:, None] + shift)
         p = tl.where(valid, p, 0.0)
-    dp = tl.dot(do, vt, input_precision=PRECISION)
+    dp = tl.dot(do, vt, input_precision=PRECISION, out_dtype=dq.dtype)
     if HAS_DROPOUT:
         keep = _keep_mask(seed, bh, offs_m, offs_n, Lk, dropout_p)
         dp = tl.where(keep, dp * inv_keep, 0.0)
@@ -619,7 +619,7 @@ def decode_attn(
     out = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)
     block_d = _pow2(D)
     block_t = _pow2(T, lo=1)
-    block_n = 32 if _interpreting(q) else max(16, 128 // block_t)
+    block_n = 32 if _interpreting(q) else max(16, min(128, 8192 // (block_t * block_d)))
     wrap_triton(_attn_decode)[(B * H,)](
         q, k, v, out, _lens_arg(q_lens, kv_lens), kv_lens,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
