@@ -14,6 +14,9 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #if defined(__clang__)
 #pragma clang fp contract(off)
@@ -288,9 +291,110 @@ FASTORALS_CLONES void reverse_row(const uint8_t* FASTORALS_RESTRICT in, uint8_t*
   for (int i = 0; i < n; ++i) out[i] = in[n - 1 - i];
 }
 
-FASTORALS_CLONES void lut_row(const uint8_t* FASTORALS_RESTRICT in, const uint8_t* FASTORALS_RESTRICT lut,
-                              uint8_t* FASTORALS_RESTRICT out, int64_t n) {
+// Source index of each output pixel of a row in Pillow's 16.16 affine_fixed (-1: outside).
+FASTORALS_CLONES void fixed_row(int xx0, int yy0, int a0, int a3, int W, int H, int32_t* FASTORALS_RESTRICT idx) {
+  for (int x = 0; x < W; ++x) {
+    int xin = (xx0 + x * a0) >> 16;
+    int yin = (yy0 + x * a3) >> 16;
+    bool ok = unsigned(xin) < unsigned(W) && unsigned(yin) < unsigned(H);
+    idx[x] = ok ? yin * W + xin : -1;
+  }
+}
+
+void gather_row_scalar(const uint8_t* p, const int32_t* idx, uint8_t* o, int n) {
+  for (int x = 0; x < n; ++x) {
+    int i = idx[x];
+    uint8_t v = p[i < 0 ? 0 : i];
+    o[x] = i < 0 ? 0 : v;
+  }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+// o[x] = p[idx[x]] (0 where idx < 0) with 32-bit gathers; reads stay inside [p, p + plane): a
+// dword load is moved back from the plane's last bytes and the wanted byte shifted out.
+__attribute__((target("avx2"))) void gather_row_avx2(const uint8_t* p, int64_t plane, const int32_t* idx,
+                                                      uint8_t* o, int n) {
+  int x = 0;
+  if (plane >= 4) {
+    const __m256i lim = _mm256_set1_epi32(int(plane - 4));
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i ff = _mm256_set1_epi32(0xFF);
+    for (; x + 8 <= n; x += 8) {
+      __m256i i = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + x));
+      __m256i neg = _mm256_cmpgt_epi32(zero, i);
+      __m256i ic = _mm256_max_epi32(i, zero);
+      __m256i base = _mm256_min_epi32(ic, lim);
+      __m256i shift = _mm256_slli_epi32(_mm256_sub_epi32(ic, base), 3);
+      __m256i v = _mm256_i32gather_epi32(reinterpret_cast<const int*>(p), base, 1);
+      v = _mm256_and_si256(_mm256_srlv_epi32(v, shift), ff);
+      v = _mm256_andnot_si256(neg, v);
+      __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
+      __m128i w = _mm_packus_epi32(lo, hi);
+      __m128i b = _mm_packus_epi16(w, w);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(o + x), b);
+    }
+  }
+  gather_row_scalar(p, idx + x, o + x, n - x);
+}
+#endif
+
+void gather_row(const uint8_t* p, int64_t plane, const int32_t* idx, uint8_t* o, int n) {
+#if defined(__GNUC__) && defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2) {
+    gather_row_avx2(p, plane, idx, o, n);
+    return;
+  }
+#endif
+  (void)plane;
+  gather_row_scalar(p, idx, o, n);
+}
+
+void lut_row_scalar(const uint8_t* FASTORALS_RESTRICT in, const uint8_t* FASTORALS_RESTRICT lut,
+                    uint8_t* FASTORALS_RESTRICT out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = lut[in[i]];
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+// 256-entry byte table with AVX-512 VBMI: two 128-entry permutes, bit 7 picks the half.
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) void lut_row_vbmi(const uint8_t* in, const uint8_t* lut,
+                                                                        uint8_t* out, int64_t n) {
+  const __m512i t0 = _mm512_loadu_si512(lut), t1 = _mm512_loadu_si512(lut + 64);
+  const __m512i t2 = _mm512_loadu_si512(lut + 128), t3 = _mm512_loadu_si512(lut + 192);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    __m512i x = _mm512_loadu_si512(in + i);
+    __m512i lo = _mm512_permutex2var_epi8(t0, x, t1);
+    __m512i hi = _mm512_permutex2var_epi8(t2, x, t3);
+    _mm512_storeu_si512(out + i, _mm512_mask_blend_epi8(_mm512_movepi8_mask(x), lo, hi));
+  }
+  if (i < n) {
+    __mmask64 k = (~__mmask64(0)) >> (64 - (n - i));
+    __m512i x = _mm512_maskz_loadu_epi8(k, in + i);
+    __m512i lo = _mm512_permutex2var_epi8(t0, x, t1);
+    __m512i hi = _mm512_permutex2var_epi8(t2, x, t3);
+    _mm512_mask_storeu_epi8(out + i, k, _mm512_mask_blend_epi8(_mm512_movepi8_mask(x), lo, hi));
+  }
+}
+#endif
+
+inline bool has_vbmi() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  static const bool v = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw");
+  return v;
+#else
+  return false;
+#endif
+}
+
+void lut_row(const uint8_t* in, const uint8_t* lut, uint8_t* out, int64_t n) {
+#if defined(__GNUC__) && defined(__x86_64__)
+  if (has_vbmi()) {
+    lut_row_vbmi(in, lut, out, n);
+    return;
+  }
+#endif
+  lut_row_scalar(in, lut, out, n);
 }
 
 FASTORALS_CLONES void u8_to_f32_row(const uint8_t* FASTORALS_RESTRICT in, float* FASTORALS_RESTRICT out, int n) {
@@ -436,11 +540,10 @@ void Engine::load(const uint8_t* src, int dy, int dx, bool flip) {
         std::memset(o, 0, size_t(x0));
         std::memcpy(o + x0, r + x0 + dx, size_t(x1 - x0));
         std::memset(o + x1, 0, size_t(W_ - x1));
-      } else {
-        for (int x = 0; x < W_; ++x) {
-          int t = W_ - 1 - x;
-          o[x] = (t >= x0 && t < x1) ? r[t + dx] : 0;
-        }
+      } else {  // o[x] = r[W-1-x+dx] for x in [W-x1, W-x0), zero elsewhere
+        std::memset(o, 0, size_t(W_ - x1));
+        reverse_row(r + x0 + dx, o + (W_ - x1), x1 - x0);
+        std::memset(o + (W_ - x0), 0, size_t(x0));
       }
     }
   }
@@ -683,15 +786,40 @@ void Engine::rotate(double angle) {
 }
 
 void Engine::affine(const double* a) {
+  if (!lut_id_ && has_vbmi() && !(a[1] == 0 && a[3] == 0)) flush();
   uint8_t* out = next();
   int32_t* idx = s_.idx.data();
   const int W = W_, H = H_;
   auto emit_row = [&](int y) {
+    // Rows whose valid sources are one contiguous run (translations, ShearX) are copies.
+    int xa = 0;
+    while (xa < W && idx[xa] < 0) ++xa;
+    int xb = W;
+    while (xb > xa && idx[xb - 1] < 0) --xb;
+    bool run = true;
+    for (int x = xa + 1; x < xb; ++x)
+      if (idx[x] != idx[x - 1] + 1) {
+        run = false;
+        break;
+      }
     for (int c = 0; c < C_; ++c) {
       const uint8_t* p = plane(c);
       const uint8_t* L = lut_[c];
       uint8_t* o = out + c * HW_ + int64_t(y) * W;
-      for (int x = 0; x < W; ++x) o[x] = idx[x] >= 0 ? L[p[idx[x]]] : 0;
+      if (run) {
+        std::memset(o, 0, size_t(xa));
+        if (xb > xa) {
+          if (lut_id_)
+            std::memcpy(o + xa, p + idx[xa], size_t(xb - xa));
+          else
+            lut_row(p + idx[xa], L, o + xa, xb - xa);
+        }
+        std::memset(o + xb, 0, size_t(W - xb));
+      } else if (lut_id_) {
+        gather_row(p, HW_, idx, o, W);
+      } else {
+        for (int x = 0; x < W; ++x) o[x] = idx[x] >= 0 ? L[p[idx[x]]] : 0;
+      }
     }
   };
   if (a[1] == 0 && a[3] == 0) {
@@ -710,14 +838,33 @@ void Engine::affine(const double* a) {
       }
       xo += a[0];
     }
+    bool run = true;  // contiguous sources (translations): every row is a shifted copy
+    for (int x = xmin + 1; x < xmax; ++x) run &= xintab[x] == xintab[x - 1] + 1;
     for (int y = 0; y < H; ++y) {
       int yi = pil_coord(yo);
+      yo += a[4];
+      if (run) {
+        for (int c = 0; c < C_; ++c) {
+          uint8_t* o = out + c * HW_ + int64_t(y) * W;
+          if (yi < 0 || yi >= H || xmax <= xmin) {
+            std::memset(o, 0, size_t(W));
+            continue;
+          }
+          const uint8_t* r = plane(c) + int64_t(yi) * W + xintab[xmin];
+          std::memset(o, 0, size_t(xmin));
+          if (lut_id_)
+            std::memcpy(o + xmin, r, size_t(xmax - xmin));
+          else
+            lut_row(r, lut_[c], o + xmin, xmax - xmin);
+          std::memset(o + xmax, 0, size_t(W - xmax));
+        }
+        continue;
+      }
       for (int x = 0; x < W; ++x) idx[x] = -1;
       if (yi >= 0 && yi < H) {
         for (int x = xmin; x < xmax; ++x) idx[x] = yi * W + xintab[x];
       }
       emit_row(y);
-      yo += a[4];
     }
     commit(out, true);
     return;
@@ -732,13 +879,8 @@ void Engine::affine(const double* a) {
     int a2 = fix(a[2] + a[0] * 0.5 + a[1] * 0.5);
     int a5 = fix(a[5] + a[3] * 0.5 + a[4] * 0.5);
     for (int y = 0; y < H; ++y) {
-      int xx = a2, yy = a5;
-      for (int x = 0; x < W; ++x) {
-        int xin = xx >> 16, yin = yy >> 16;
-        idx[x] = (xin >= 0 && xin < W && yin >= 0 && yin < H) ? yin * W + xin : -1;
-        xx += a0;
-        yy += a3;
-      }
+      // x * a0 equals Pillow's repeated += a0 (integers, no overflow within check_fixed's range)
+      fixed_row(a2, a5, a0, a3, W, H, idx);
       emit_row(y);
       a2 += a1;
       a5 += a4;
