@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastorals
 from fastorals.testing import assert_close, assert_close_relative_to
@@ -118,6 +120,23 @@ def test_dropout_seed_from_torch_generator(tri, triton_device):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(B=st.integers(1, 2), H=st.integers(1, 2), Lq=st.integers(1, 40), Lk=st.integers(1, 40),
+       D=st.sampled_from([8, 16, 24, 64]), causal=st.booleans(), ragged=st.booleans(), seed=st.integers(0, 999))
+def test_property_fwd_bwd(tri, triton_device, B, H, Lq, Lk, D, causal, ragged, seed):
+    q, k, v = _inputs(B, H, Lq, Lk, D, triton_device, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    ql = torch.randint(0, Lq + 1, (B,), generator=g).to(triton_device) if ragged else None
+    kl = torch.randint(0, Lk + 1, (B,), generator=g).to(triton_device) if ragged else None
+    _check_fwd_bwd(q, k, v, causal, ql, kl)
+
+
+def test_seed_argument_checked(tri, triton_device):
+    q, k, v = _inputs(1, 1, 8, 8, 16, triton_device)
+    with pytest.raises(ValueError, match="seed"), fastorals.use_backend("triton"):
+        flash_attention(q, k, v, dropout_p=0.1, seed=torch.tensor([1.5], device=triton_device))
+
+
 @pytest.mark.parametrize("T", [1, 2, 3, 4, 7])
 def test_decode_kernel(tri, triton_device, T):
     B, H, Lmax, D = 5, 2, 45, 18
@@ -195,6 +214,18 @@ def test_gpu_low_precision_vs_sdpa(dtype, causal):
     bases = torch.autograd.grad(torch.nn.functional.scaled_dot_product_attention(*hb, is_causal=causal), hb, g)
     for a, b, r in zip(grads, bases, refs):
         assert_close_relative_to(a, b, r, factor=2.0, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_opcheck():
+    from fastorals.transformer import attention
+
+    tri = attention._triton()
+    q, k, v = (torch.randn(2, 2, 70, 64, device="cuda", dtype=torch.float16, requires_grad=True) for _ in range(3))
+    kl = torch.tensor([70, 33], device="cuda", dtype=torch.int32)
+    torch.library.opcheck(tri.flash_attn_fwd, (q, k, v, None, kl, None, True, 0.125, 0.0))
+    kc, vc = (torch.randn(2, 2, 80, 64, device="cuda", dtype=torch.float16) for _ in range(2))
+    torch.library.opcheck(tri.decode_attn, (q[:, :, :1].detach(), kc, vc, None, kl, True, 0.125))
 
 
 @pytest.mark.gpu
