@@ -26,6 +26,7 @@ fused QKV projection, or the stride-0 gradients autograd may hand to backward) n
 
 from __future__ import annotations
 
+import struct
 from typing import Optional
 
 import torch
@@ -80,8 +81,11 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _split(x: float) -> tuple[float, float]:
-    """``x = hi + lo`` with ``hi`` exactly a float32: scalar kernel arguments travel as float32."""
-    hi = float(torch.tensor(x, dtype=torch.float32))
+    """``x = hi + lo`` with ``hi`` exactly a float32: scalar kernel arguments travel as float32.
+
+    Pure Python (no tensor), so it is safe inside a traced ``triton_op``.
+    """
+    hi = struct.unpack("f", struct.pack("f", float(x)))[0]
     return hi, float(x) - hi
 
 
@@ -98,9 +102,13 @@ def _interpreting(t: torch.Tensor) -> bool:
 
 
 @triton.jit
-def _keep_mask(seed, bh, rows, cols, Lk, dropout_p):
-    """Dropout keep-mask for the (rows x cols) grid of one (batch, head): True with prob 1 - p."""
-    off = rows.to(tl.int64)[:, None] * Lk + cols.to(tl.int64)[None, :]
+def _keep_mask(seed, bh, rows, cols, Lk, dropout_p, TRANSPOSED: tl.constexpr = False):
+    """Dropout keep-mask of one (batch, head) on the (rows x cols) grid (``(cols x rows)`` when
+    TRANSPOSED): True with probability 1 - p, a pure function of (seed, bh, row, col)."""
+    if TRANSPOSED:
+        off = rows.to(tl.int64)[None, :] * Lk + cols.to(tl.int64)[:, None]
+    else:
+        off = rows.to(tl.int64)[:, None] * Lk + cols.to(tl.int64)[None, :]
     c0 = (off & 0xFFFFFFFF).to(tl.uint32)
     c2 = (off >> 32).to(tl.uint32)
     zero = c0 * 0
@@ -269,7 +277,7 @@ def _bwd_dkdv_block(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sq
         pt = tl.where(valid, pt, 0.0)
     dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION, out_dtype=dk.dtype)  # (BLOCK_N, BLOCK_M)
     if HAS_DROPOUT:
-        keep = tl.trans(_keep_mask(seed, bh, offs_m, offs_n, Lk, dropout_p))
+        keep = _keep_mask(seed, bh, offs_m, offs_n, Lk, dropout_p, True)  # (BLOCK_N, BLOCK_M)
         pdt = tl.where(keep, pt * inv_keep, 0.0)
         dpt = tl.where(keep, dpt * inv_keep, 0.0)
     else:
