@@ -110,7 +110,10 @@ class SLLNetwork(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels or tuple(x.shape[-2:]) != (self.image_size,) * 2:
             raise ValueError(f"x: expected [N, {self.in_channels}, {self.image_size}, {self.image_size}], "
                              f"got {tuple(x.shape)}")
-        return self.model(self.shift(x))
+        h = self.model[0](self.shift(x))
+        if h.device.type == "cpu":  # oneDNN runs the few-channel convolutions 2-3x faster in NHWC
+            h = h.contiguous(memory_format=torch.channels_last)
+        return self.model[1:](h)
 
     @property
     def head(self) -> LinearNormalized:

@@ -244,35 +244,52 @@ def _conv_geometry(x_shape, kernel_shape, stride: int) -> tuple[list[int], list[
     return pad, opad
 
 
+def _work_layout(t: torch.Tensor) -> torch.Tensor:
+    """Channels-last on the CPU: oneDNN runs these few-channel convolutions 2-3x faster in NHWC."""
+    return t.contiguous(memory_format=torch.channels_last) if t.device.type == "cpu" else t.contiguous()
+
+
+def _empty_work(shape, like: torch.Tensor) -> torch.Tensor:
+    fmt = torch.channels_last if like.device.type == "cpu" else torch.contiguous_format
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+
+
 def residual_conv_forward(x: torch.Tensor, kernel: torch.Tensor, bias: Optional[torch.Tensor], scale: torch.Tensor,
                           stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, act)``, both channels-last on the CPU (every tensor of the computation shares one layout)."""
     pad, opad = _conv_geometry(x.shape, kernel.shape, stride)
-    act = F.conv2d(x, kernel, bias, stride=stride, padding=pad).relu_()
-    y = F.conv_transpose2d(act * scale.view(1, -1, 1, 1), kernel, stride=stride, padding=pad, output_padding=opad)
-    return torch.sub(x, y, out=y), act
+    xw = _work_layout(x)
+    z = F.conv2d(xw, kernel, bias, stride=stride, padding=pad).relu_()
+    act = _work_layout(z)
+    ct = F.conv_transpose2d(act * scale.view(1, -1, 1, 1), kernel, stride=stride, padding=pad, output_padding=opad)
+    y = _empty_work(x.shape, x)
+    return torch.sub(xw, _work_layout(ct), out=y), act
 
 
 def residual_conv_backward(grad_y: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, scale: torch.Tensor,
                            act: torch.Tensor, stride: int, has_bias: bool
                            ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
     pad, opad = _conv_geometry(x.shape, kernel.shape, stride)
+    grad_y, x, act = _work_layout(grad_y), _work_layout(x), _work_layout(act)
     h = F.conv2d(grad_y, kernel, stride=stride, padding=pad)  # dL/d(scaled act) = -h
     dscale = -(h * act).sum((0, 2, 3))
     s4 = scale.view(1, -1, 1, 1)
-    dz = torch.where(act > 0, h * s4, torch.zeros((), dtype=h.dtype, device=h.device)).neg_()
-    dx = F.conv_transpose2d(dz, kernel, stride=stride, padding=pad, output_padding=opad).add_(grad_y)
+    dz = _work_layout(torch.where(act > 0, h * s4, torch.zeros((), dtype=h.dtype, device=h.device)).neg_())
+    dx = _empty_work(x.shape, x)
+    torch.add(_work_layout(F.conv_transpose2d(dz, kernel, stride=stride, padding=pad, output_padding=opad)), grad_y,
+              out=dx)
     conv_bwd = torch.ops.aten.convolution_backward
     args = (None, [stride, stride], pad, [1, 1], False, [0, 0], 1, [False, True, False])
     _, dk1, _ = conv_bwd(dz, x, kernel, *args)
-    _, dk2, _ = conv_bwd(act * s4, grad_y, kernel, *args)
+    _, dk2, _ = conv_bwd(_work_layout(act * s4), grad_y, kernel, *args)
     db = dz.sum((0, 2, 3)) if has_bias else None
-    return dx, dk1.sub_(dk2), db, dscale
+    return dx, dk1.sub_(dk2).contiguous(), db, dscale
 
 
 @torch.library.custom_op("fastorals::lipschitz_residual_conv", mutates_args=())
 def _residual_conv_op(x: torch.Tensor, kernel: torch.Tensor, bias: Optional[torch.Tensor], scale: torch.Tensor,
                       stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return residual_conv_forward(x.contiguous(), kernel.contiguous(), None if bias is None else bias.contiguous(),
+    return residual_conv_forward(x, kernel.contiguous(), None if bias is None else bias.contiguous(),
                                  scale.contiguous(), stride)
 
 
@@ -281,15 +298,15 @@ def _(x, kernel, bias, scale, stride):
     kh, kw = kernel.shape[-2:]
     ho = (x.shape[-2] + 2 * (kh // 2) - kh) // stride + 1
     wo = (x.shape[-1] + 2 * (kw // 2) - kw) // stride + 1
-    return x.new_empty(x.shape), x.new_empty((x.shape[0], kernel.shape[0], ho, wo))
+    return _empty_work(x.shape, x), _empty_work((x.shape[0], kernel.shape[0], ho, wo), x)
 
 
 @torch.library.custom_op("fastorals::lipschitz_residual_conv_backward", mutates_args=())
 def _residual_conv_backward_op(grad_y: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, scale: torch.Tensor,
                                act: torch.Tensor, stride: int, has_bias: bool
                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx, dk, db, ds = residual_conv_backward(grad_y.contiguous(), x.contiguous(), kernel.contiguous(),
-                                            scale.contiguous(), act.contiguous(), stride, has_bias)
+    dx, dk, db, ds = residual_conv_backward(grad_y, x, kernel.contiguous(),
+                                            scale.contiguous(), act, stride, has_bias)
     if db is None:
         db = kernel.new_zeros(kernel.shape[0])
     return dx, dk, db, ds
@@ -297,8 +314,8 @@ def _residual_conv_backward_op(grad_y: torch.Tensor, x: torch.Tensor, kernel: to
 
 @_residual_conv_backward_op.register_fake
 def _(grad_y, x, kernel, scale, act, stride, has_bias):
-    return (torch.empty_like(x), torch.empty_like(kernel), kernel.new_empty(kernel.shape[0]),
-            torch.empty_like(scale))
+    return (_empty_work(x.shape, x), kernel.new_empty(kernel.shape), kernel.new_empty(kernel.shape[0]),
+            scale.new_empty(scale.shape))
 
 
 def _residual_conv_setup(ctx, inputs, output):
