@@ -116,6 +116,9 @@ def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
         history["train_acc"].append(correct / n)
         history["test_acc"].append(res["clean"])
         history["cert_36"].append(res["certified"][EPS[0]])
+        print(f"[lipschitz] epoch {epoch + 1}/{cfg['epochs']}: loss {tot / n:.4f}, train acc {correct / n:.3f}, "
+              f"test acc {res['clean']:.3f}, certified@36/255 {res['certified'][EPS[0]]:.3f} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
     train_s = time.perf_counter() - t0
 
     net.eval()
