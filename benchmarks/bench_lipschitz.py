@@ -151,7 +151,9 @@ def _conv_size(mode: str, device: str, bsz: int, c: int, m: int, hw: int):
 
     mem_fast = saved_activation_bytes(lambda: layer(x), [w, b, q]) / 2**20
     mem_ref = saved_activation_bytes(lambda: R.sll_conv(x, w, b, q), [w, b, q]) / 2**20
-    peers = {}
+    xcl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    peers = {"reference (channels_last input)": lambda: torch.autograd.grad(R.sll_conv(xcl, w, b, q).sum(),
+                                                                            [xcl, w, q])}
     skip = {}
     if mode != "smoke":
         compiled = torch.compile(R.sll_conv)
