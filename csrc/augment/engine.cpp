@@ -30,6 +30,13 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
+// FASTORALS_AUGMENT_SCALAR=1 turns the hand-written SIMD paths off (to test the portable ones).
+inline bool simd_allowed() {
+  static const bool ok = std::getenv("FASTORALS_AUGMENT_SCALAR") == nullptr;
+  return ok;
+}
+
+
 // Clamp to [0, 255] after truncating a float toward zero. For every finite v in int range this
 // equals Pillow's clip8 (clamp in float, then truncate) and ImagingBlend's clipping, and it
 // vectorizes (cvttps2dq + integer min/max) where the float comparisons would branch.
@@ -340,7 +347,7 @@ __attribute__((target("avx2"))) void gather_row_avx2(const uint8_t* p, int64_t p
 
 void gather_row(const uint8_t* p, int64_t plane, const int32_t* idx, uint8_t* o, int n) {
 #if defined(__GNUC__) && defined(__x86_64__)
-  static const bool avx2 = __builtin_cpu_supports("avx2");
+  static const bool avx2 = simd_allowed() && __builtin_cpu_supports("avx2");
   if (avx2) {
     gather_row_avx2(p, plane, idx, o, n);
     return;
@@ -380,7 +387,7 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void lut_row_vbmi(const u
 
 inline bool has_vbmi() {
 #if defined(__GNUC__) && defined(__x86_64__)
-  static const bool v = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw");
+  static const bool v = simd_allowed() && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw");
   return v;
 #else
   return false;

@@ -166,3 +166,24 @@ def test_kernel_rejects_unknown_op_ids_itself():
     args = canonical(images, torch.tensor([[1], [40]]), torch.zeros(2, 1))
     with pytest.raises(ValueError, match="unknown op id 40"):
         augment_apply_cpp(*args)
+
+
+def test_portable_paths_without_hand_written_simd():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import random, sys, torch\n"
+        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+        "from augment_helpers import random_batch\n"
+        "from fastorals.augment.ops import augment_apply_cpp, augment_apply_reference\n"
+        "rng = random.Random(7)\n"
+        "for t in range(6):\n"
+        "    args = random_batch(rng, 6, rng.choice([1, 3]), 70, 67, 8, seed=t)\n"
+        "    assert torch.equal(augment_apply_cpp(*args), augment_apply_reference(*args)), t\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, FASTORALS_AUGMENT_SCALAR="1")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
