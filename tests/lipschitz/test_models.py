@@ -106,8 +106,10 @@ def test_export_model_matches_and_is_plain():
 @pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="onnx is not installed")
 def test_export_to_onnx(tmp_path):
     net = L.SLLNetwork(3, n_conv=1, n_dense=1, width=4, dense_inner=16, image_size=8).eval()
+    import onnx
+
     torch.onnx.export(L.export_model(net), (torch.rand(1, 3, 8, 8),), str(tmp_path / "m.onnx"))
-    assert (tmp_path / "m.onnx").stat().st_size > 0
+    onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")))
 
 
 def test_network_errors():
