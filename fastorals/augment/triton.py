@@ -431,17 +431,20 @@ def _augment_kernel(
                 tl.debug_barrier()
                 _resize_pass(dst, src, C, H, W, H, h2, h2 // 2 - H // 2, False, BLOCK)
         elif (op == 5) | (op == 6):  # AutoContrast, Equalize
-            _hist_lut(src, lut, C, HW, op == 6, BLOCK)
+            if op == 5:
+                _hist_lut(src, lut, C, HW, False, BLOCK)
+            else:
+                _hist_lut(src, lut, C, HW, True, BLOCK)
             tl.debug_barrier()
-            _pointwise(src, lut, C, HW, op, v, 0, BLOCK)
+            _pointwise(src, lut, C, HW, op, v, op * 0, BLOCK)
         elif op == 15:  # Contrast
             m = _gray_mean(src, C, HW, BLOCK)
             _pointwise(src, lut, C, HW, op, v, m, BLOCK)
         elif op == 14:  # Color
             if C == 3:
-                _pointwise(src, lut, C, HW, op, v, 0, BLOCK)
+                _pointwise(src, lut, C, HW, op, v, op * 0, BLOCK)
         elif op >= 7:  # Invert, Posterize, Solarize, SolarizeAdd, Brightness
-            _pointwise(src, lut, C, HW, op, v, 0, BLOCK)
+            _pointwise(src, lut, C, HW, op, v, op * 0, BLOCK)
         tl.debug_barrier()
     # ---- store: uint8, or ToTensor + Normalize; Cutout box
     src = buf0 + cur * CHW
