@@ -98,3 +98,28 @@ def test_gpu_torch_compile_over_the_triton_op():
     eager = _triton()(*args)
     compiled = torch.compile(lambda *a: torch.ops.fastorals.augment_apply_triton(*a))(*args)
     assert torch.equal(eager, compiled)
+
+
+@pytest.mark.slow
+def test_kernel_compiles_for_a_cuda_target_without_fused_float32_multiply_add():
+    # Compiles to PTX without a GPU (catches what the interpreter cannot: constexpr misuse, types);
+    # no float32 FMA may appear, or blends and filters would round differently from Pillow.
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from fastorals.augment import triton as T
+
+    ptrs = {"img_ptr": "*u8", "ops_ptr": "*i32", "val_ptr": "*fp64", "geo_ptr": "*fp64", "crop_ptr": "*i32",
+            "flip_ptr": "*u8", "cut_ptr": "*i32", "mean_ptr": "*fp32", "std_ptr": "*fp32", "buf_ptr": "*u8",
+            "lut_ptr": "*i32", "out_ptr": "*fp32"}
+    sig = {}
+    for n in inspect.signature(T._augment_kernel.fn).parameters:
+        sig[n] = ptrs.get(n) or ("i32" if n in ("K", "C", "H", "W") else
+                                 "constexpr" if n in ("FLOAT_OUT", "BLOCK") else "fp32")
+    src = ASTSource(fn=T._augment_kernel, signature=sig, constexprs={"FLOAT_OUT": True, "BLOCK": T.BLOCK})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "enable_fp_fusion": False})
+    ptx = k.asm["ptx"]
+    assert "fma.rn.f32" not in ptx and "div.full.f32" not in ptx
