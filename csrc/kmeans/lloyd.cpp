@@ -1,0 +1,452 @@
+// k-means (Lloyd) on the CPU: one fused pass = nearest-centre assignment + per-cluster sums.
+//
+// Assignment is exact with respect to the reference definition (fastorals/behavior/reference.py):
+// the nearest centre minimises the float64 distance sum_d (x_d - c_d)^2 accumulated in order
+// d = 0..D-1, ties going to the lowest centre index.
+//
+// 1. Screening, vectorised with points in SIMD lanes (16 float / 8 double per 64-byte vector,
+//    two vectors per group when D <= 8): for every centre k, s_k = |c_k|^2 - 2 x.c_k in the input
+//    precision (FMA where the CPU has it), keeping per lane the best value, its index (strict <,
+//    so the lowest index among equal values) and the second best value.
+// 2. Certification, per point: with unit roundoff u, |s_k - (|x - c_k|^2 - |x|^2)| <=
+//    (2D + 2) u (|x|^2 + |c_k|^2), so when second - best exceeds twice that bound for every
+//    centre (we use (8D + 16) u (|x|^2 + max_k |c_k|^2) + a denormal floor) the screened winner is
+//    the exact winner. Otherwise (near ties, exact ties) all K distances are recomputed exactly
+//    in float64, in the reference order, without FMA contraction.
+// 3. The point is added to float64 per-cluster sums of its block; blocks (fixed size, independent
+//    of the thread count) are merged in block order, so the result is bitwise reproducible for
+//    any number of threads.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include <pybind11/stl.h>
+
+#include "common/checks.h"
+#include "common/parallel.h"
+#include "common/registry.h"
+#include "common/simd.h"
+
+namespace fastorals::kmeans {
+
+namespace {
+
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef double v8d __attribute__((vector_size(64)));
+typedef int64_t v8l __attribute__((vector_size(64)));
+
+template <typename T>
+struct VT;
+template <>
+struct VT<float> {
+  using V = v16f;
+  using IV = v16i;
+  using I = int32_t;
+  static constexpr int L = 16;
+};
+template <>
+struct VT<double> {
+  using V = v8d;
+  using IV = v8l;
+  using I = int64_t;
+  static constexpr int L = 8;
+};
+
+constexpr int64_t kBlock = 4096;  // points per block (the unit of deterministic merging)
+
+// Screening of one group of P*L points against all K centres.
+// xt: [D][P*L] transposed points; cm2: [K][D] = -2 c; cn: [K] = |c|^2 (in T).
+// Outputs per lane: index of the screened winner and whether the point needs an exact recheck.
+template <typename T, int DT, int P>
+inline __attribute__((always_inline)) void screen_group(const T* FASTORALS_RESTRICT xt, int D,
+                                                        const T* FASTORALS_RESTRICT cm2,
+                                                        const T* FASTORALS_RESTRICT cn, int64_t K, T coef, T floor_abs,
+                                                        T cmax, typename VT<T>::I* FASTORALS_RESTRICT idx_out,
+                                                        typename VT<T>::I* FASTORALS_RESTRICT amb_out) {
+  using V = typename VT<T>::V;
+  using IV = typename VT<T>::IV;
+  using I = typename VT<T>::I;
+  constexpr int L = VT<T>::L;
+  constexpr int DS = DT > 0 ? DT : 1;
+  V xv[DS][P];
+  V xn[P];
+  for (int p = 0; p < P; ++p) xn[p] = V{};
+  if constexpr (DT > 0) {
+    for (int d = 0; d < DT; ++d)
+      for (int p = 0; p < P; ++p) {
+        std::memcpy(&xv[d][p], xt + (d * P + p) * L, sizeof(V));
+        xn[p] += xv[d][p] * xv[d][p];
+      }
+  } else {
+    for (int d = 0; d < D; ++d)
+      for (int p = 0; p < P; ++p) {
+        V xl;
+        std::memcpy(&xl, xt + (d * P + p) * L, sizeof(V));
+        xn[p] += xl * xl;
+      }
+  }
+  const T inf = std::numeric_limits<T>::infinity();
+  V b[P], s[P];
+  IV id[P];
+  for (int p = 0; p < P; ++p) {
+    b[p] = V{} + inf;
+    s[p] = V{} + inf;
+    id[p] = IV{};
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    V acc[P];
+    for (int p = 0; p < P; ++p) acc[p] = V{} + cn[k];
+    const T* ck = cm2 + k * D;
+    if constexpr (DT > 0) {
+      for (int d = 0; d < DT; ++d) {
+        const T cd = ck[d];
+        for (int p = 0; p < P; ++p) acc[p] += cd * xv[d][p];
+      }
+    } else {
+      for (int d = 0; d < D; ++d) {
+        const T cd = ck[d];
+        for (int p = 0; p < P; ++p) {
+          V xl;
+          std::memcpy(&xl, xt + (d * P + p) * L, sizeof(V));
+          acc[p] += cd * xl;
+        }
+      }
+    }
+    const IV kk = IV{} + static_cast<I>(k);
+    for (int p = 0; p < P; ++p) {
+      const auto m = acc[p] < b[p];
+      const V hi = m ? b[p] : acc[p];
+      s[p] = hi < s[p] ? hi : s[p];
+      id[p] = m ? kk : id[p];
+      b[p] = m ? acc[p] : b[p];
+    }
+  }
+  for (int p = 0; p < P; ++p) {
+    // gap <= tolerance (also true for NaN gaps, never for K == 1 where s = inf)
+    const V tol = coef * (xn[p] + cmax) + floor_abs;
+    const IV amb = (s[p] - b[p] > tol) ? IV{} : IV{} + static_cast<I>(1);
+    std::memcpy(idx_out + p * L, &id[p], sizeof(IV));
+    std::memcpy(amb_out + p * L, &amb, sizeof(IV));
+  }
+}
+
+// Points per screening group for dimension D: two vectors of points for D <= 8, else one.
+template <typename T>
+constexpr int group_p(int D) {
+  return D >= 1 && D <= 8 ? 2 : 1;
+}
+
+// The reference distance: float64, order d = 0..D-1, no FMA contraction (bitwise equal to
+// reference.exact_sq_dist).
+template <typename T>
+__attribute__((optimize("fp-contract=off"))) inline double exact_dist(const T* xi, const T* c, int D) {
+  double acc = 0.0;
+  for (int d = 0; d < D; ++d) {
+    const double diff = static_cast<double>(xi[d]) - static_cast<double>(c[d]);
+    const double sq = diff * diff;
+    acc = acc + sq;
+  }
+  return acc;
+}
+
+// Exact nearest centre (reference order and tie rule) of one point.
+template <typename T>
+__attribute__((noinline, optimize("fp-contract=off"))) int64_t exact_argmin(const T* xi, const T* c, int D,
+                                                                            int64_t K) {
+  double bd = std::numeric_limits<double>::infinity();
+  int64_t lab = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const double dk = exact_dist(xi, c + k * D, D);
+    if (dk < bd) {
+      bd = dk;
+      lab = k;
+    }
+  }
+  return lab;
+}
+
+// Exact distances of points [i0, i1) to their assigned centres (into out when given); their sum.
+template <typename T>
+__attribute__((noinline, optimize("fp-contract=off"))) double exact_dist_block(const T* x, const T* c, int D,
+                                                                               const int64_t* labels, int64_t i0,
+                                                                               int64_t i1, double* out) {
+  double s = 0.0;
+  for (int64_t i = i0; i < i1; ++i) {
+    const double d = exact_dist(x + i * D, c + labels[i] * D, D);
+    if (out != nullptr) out[i] = d;
+    s += d;
+  }
+  return s;
+}
+
+// One block of points [b0, b1): transpose each group of P*L points into lanes, screen, then labels
+// and block-local float64 sums (exact recheck of flagged points). DT > 0: compile-time D.
+template <typename T, int DT, int P>
+inline __attribute__((always_inline)) void block_impl(const T* FASTORALS_RESTRICT x, const T* FASTORALS_RESTRICT c,
+                                                      int64_t b0, int64_t b1, int Drt, int64_t K, const T* cm2,
+                                                      const T* cn, T coef, T floor_abs, T cmax, T* xt,
+                                                      typename VT<T>::I* idx, typename VT<T>::I* amb,
+                                                      int64_t* FASTORALS_RESTRICT labels,
+                                                      double* FASTORALS_RESTRICT sums,
+                                                      int64_t* FASTORALS_RESTRICT counts, int64_t* stats) {
+  constexpr int G = P * VT<T>::L;
+  const int D = DT > 0 ? DT : Drt;
+  if (sums != nullptr) {
+    std::fill(sums, sums + K * D, 0.0);
+    std::fill(counts, counts + K, int64_t{0});
+  }
+  int64_t changed = 0, rechecked = 0;
+  for (int64_t g0 = b0; g0 < b1; g0 += G) {
+    const int64_t n = std::min<int64_t>(G, b1 - g0);
+    const T* xg = x + g0 * D;
+    if (n == G) {
+      for (int j = 0; j < G; ++j)
+        for (int d = 0; d < D; ++d) xt[d * G + j] = xg[j * D + d];
+    } else {  // missing points: copies of the last one
+      for (int j = 0; j < G; ++j) {
+        const T* xi = xg + std::min<int64_t>(j, n - 1) * D;
+        for (int d = 0; d < D; ++d) xt[d * G + j] = xi[d];
+      }
+    }
+    screen_group<T, DT, P>(xt, D, cm2, cn, K, coef, floor_abs, cmax, idx, amb);
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t i = g0 + j;
+      const T* xi = xg + j * D;
+      int64_t lab = static_cast<int64_t>(idx[j]);
+      if (amb[j]) {
+        ++rechecked;
+        lab = exact_argmin(xi, c, D, K);
+      }
+      changed += labels[i] != lab;
+      labels[i] = lab;
+      if (sums != nullptr) {
+        double* sk = sums + lab * D;
+        for (int d = 0; d < D; ++d) sk[d] += static_cast<double>(xi[d]);
+        ++counts[lab];
+      }
+    }
+  }
+  stats[0] = changed;
+  stats[1] = rechecked;
+}
+
+template <typename T>
+inline __attribute__((always_inline)) void block_dispatch(const T* x, const T* c, int64_t b0, int64_t b1, int D,
+                                                          int64_t K, const T* cm2, const T* cn, T coef, T floor_abs,
+                                                          T cmax, T* xt, typename VT<T>::I* idx,
+                                                          typename VT<T>::I* amb, int64_t* labels, double* sums,
+                                                          int64_t* counts, int64_t* stats) {
+  switch (D) {
+#define FASTORALS_KM_CASE(DD)                                                                                  \
+  case DD:                                                                                                     \
+    return block_impl<T, DD, group_p<T>(DD)>(x, c, b0, b1, D, K, cm2, cn, coef, floor_abs, cmax, xt, idx, amb, \
+                                             labels, sums, counts, stats);
+    FASTORALS_KM_CASE(1)
+    FASTORALS_KM_CASE(2)
+    FASTORALS_KM_CASE(3)
+    FASTORALS_KM_CASE(4)
+    FASTORALS_KM_CASE(5)
+    FASTORALS_KM_CASE(6)
+    FASTORALS_KM_CASE(7)
+    FASTORALS_KM_CASE(8)
+    FASTORALS_KM_CASE(9)
+    FASTORALS_KM_CASE(10)
+    FASTORALS_KM_CASE(11)
+    FASTORALS_KM_CASE(12)
+    FASTORALS_KM_CASE(13)
+    FASTORALS_KM_CASE(14)
+    FASTORALS_KM_CASE(15)
+    FASTORALS_KM_CASE(16)
+#undef FASTORALS_KM_CASE
+    default:
+      return block_impl<T, 0, 1>(x, c, b0, b1, D, K, cm2, cn, coef, floor_abs, cmax, xt, idx, amb, labels, sums,
+                                 counts, stats);
+  }
+}
+
+FASTORALS_CLONES
+void block_f32(const float* x, const float* c, int64_t b0, int64_t b1, int D, int64_t K, const float* cm2,
+               const float* cn, float coef, float floor_abs, float cmax, float* xt, int32_t* idx, int32_t* amb,
+               int64_t* labels, double* sums, int64_t* counts, int64_t* stats) {
+  block_dispatch<float>(x, c, b0, b1, D, K, cm2, cn, coef, floor_abs, cmax, xt, idx, amb, labels, sums, counts, stats);
+}
+
+FASTORALS_CLONES
+void block_f64(const double* x, const double* c, int64_t b0, int64_t b1, int D, int64_t K, const double* cm2,
+               const double* cn, double coef, double floor_abs, double cmax, double* xt, int64_t* idx, int64_t* amb,
+               int64_t* labels, double* sums, int64_t* counts, int64_t* stats) {
+  block_dispatch<double>(x, c, b0, b1, D, K, cm2, cn, coef, floor_abs, cmax, xt, idx, amb, labels, sums, counts, stats);
+}
+
+inline void run_block(const float* x, const float* c, int64_t b0, int64_t b1, int D, int64_t K, const float* cm2,
+                      const float* cn, float coef, float floor_abs, float cmax, float* xt, int32_t* idx, int32_t* amb,
+                      int64_t* labels, double* sums, int64_t* counts, int64_t* stats) {
+  block_f32(x, c, b0, b1, D, K, cm2, cn, coef, floor_abs, cmax, xt, idx, amb, labels, sums, counts, stats);
+}
+inline void run_block(const double* x, const double* c, int64_t b0, int64_t b1, int D, int64_t K, const double* cm2,
+                      const double* cn, double coef, double floor_abs, double cmax, double* xt, int64_t* idx,
+                      int64_t* amb, int64_t* labels, double* sums, int64_t* counts, int64_t* stats) {
+  block_f64(x, c, b0, b1, D, K, cm2, cn, coef, floor_abs, cmax, xt, idx, amb, labels, sums, counts, stats);
+}
+
+template <typename T>
+std::tuple<int64_t, int64_t> lloyd_pass_impl(carray<T> x_arr, carray<T> c_arr, carray<int64_t> labels_arr,
+                                             carray<double> sums_arr, carray<int64_t> counts_arr, bool accumulate,
+                                             double unit_roundoff, int num_threads) {
+  check_ndim(x_arr, 2, "x");
+  check_ndim(c_arr, 2, "centers");
+  const int64_t N = x_arr.shape(0), D64 = x_arr.shape(1), K = c_arr.shape(0);
+  check_dim(c_arr, 1, D64, "centers");
+  check_ndim(labels_arr, 1, "labels");
+  check_dim(labels_arr, 0, N, "labels");
+  check_writeable(labels_arr, "labels");
+  if (accumulate) {
+    check_ndim(sums_arr, 2, "sums");
+    check_dim(sums_arr, 0, K, "sums");
+    check_dim(sums_arr, 1, D64, "sums");
+    check_ndim(counts_arr, 1, "counts");
+    check_dim(counts_arr, 0, K, "counts");
+    check_writeable(sums_arr, "sums");
+    check_writeable(counts_arr, "counts");
+  }
+  if (K < 1) throw std::invalid_argument("centers: expected at least one centre");
+  if (D64 < 1 || D64 > (1 << 20)) throw std::invalid_argument("x: expected 1 <= D <= 2^20 columns");
+  if (std::is_same<T, float>::value && K >= (int64_t{1} << 31))
+    throw std::invalid_argument("centers: at most 2^31 - 1 centres for float32");
+  if (!(unit_roundoff > 0.0 && unit_roundoff < 1.0)) throw std::invalid_argument("unit_roundoff: expected (0, 1)");
+  const int D = static_cast<int>(D64);
+  const T* x = x_arr.data();
+  const T* c = c_arr.data();
+  int64_t* labels = labels_arr.mutable_data();
+  double* sums = accumulate ? sums_arr.mutable_data() : nullptr;
+  int64_t* counts = accumulate ? counts_arr.mutable_data() : nullptr;
+
+  int64_t changed = 0, rechecked = 0;
+  {
+    py::gil_scoped_release nogil;
+    // centre tables for the screening: -2c and |c|^2 in T, max |c|^2
+    std::vector<T> cm2(K * D), cn(K);
+    double cmax = 0.0;
+    for (int64_t k = 0; k < K; ++k) {
+      double nk = 0.0;
+      for (int d = 0; d < D; ++d) {
+        const double v = static_cast<double>(c[k * D + d]);
+        nk += v * v;
+        cm2[k * D + d] = static_cast<T>(-2.0 * v);
+      }
+      cn[k] = static_cast<T>(nk);
+      cmax = std::max(cmax, nk);
+    }
+    // tolerance on the screened gap (see the file comment); |x|^2 is summed in T, hence 1.01
+    const T coef = static_cast<T>((8.0 * D + 16.0) * 1.01 * unit_roundoff);
+    const T floor_abs = static_cast<T>((8.0 * D + 16.0) * static_cast<double>(std::numeric_limits<T>::denorm_min()));
+    const T cmax_t = static_cast<T>(cmax * (1.0 + 4.0 * unit_roundoff));
+    if (accumulate) {
+      std::fill(sums, sums + K * D, 0.0);
+      std::fill(counts, counts + K, int64_t{0});
+    }
+    const int64_t nblocks = (N + kBlock - 1) / kBlock;
+    const int threads = clamp_threads(num_threads, std::max<int64_t>(nblocks, 1));
+    const int G = group_p<T>(D) * VT<T>::L;
+    // blocks are processed in waves; each block's partial sums get a slot and the slots are merged
+    // in block order, so the float64 sums do not depend on the number of threads
+    const int64_t slot = accumulate ? K * D + K : 0;
+    int64_t wave = std::max<int64_t>(8 * threads, (int64_t{16} << 20) / std::max<int64_t>(slot * 8, 1));
+    wave = std::min<int64_t>(std::max<int64_t>(wave, threads), std::max<int64_t>(nblocks, 1));
+    std::vector<double> part_sums(static_cast<size_t>(wave) * (accumulate ? K * D : 0));
+    std::vector<int64_t> part_counts(static_cast<size_t>(wave) * (accumulate ? K : 0));
+    std::vector<int64_t> part_stats(static_cast<size_t>(wave) * 2);
+    std::vector<std::vector<T>> xts(threads, std::vector<T>(static_cast<size_t>(D) * G));
+    std::vector<std::vector<typename VT<T>::I>> idxs(threads, std::vector<typename VT<T>::I>(G));
+    std::vector<std::vector<typename VT<T>::I>> ambs(threads, std::vector<typename VT<T>::I>(G));
+    for (int64_t w0 = 0; w0 < nblocks; w0 += wave) {
+      const int64_t nw = std::min(wave, nblocks - w0);
+      parallel_for_dynamic(nw, threads, [&](int64_t j) {
+        const int tid = thread_id();
+        const int64_t b0 = (w0 + j) * kBlock, b1 = std::min(N, b0 + kBlock);
+        run_block(x, c, b0, b1, D, K, cm2.data(), cn.data(), coef, floor_abs, cmax_t, xts[tid].data(),
+                  idxs[tid].data(), ambs[tid].data(), labels, accumulate ? part_sums.data() + j * K * D : nullptr,
+                  accumulate ? part_counts.data() + j * K : nullptr, part_stats.data() + 2 * j);
+      });
+      for (int64_t j = 0; j < nw; ++j) {
+        if (accumulate) {
+          const double* ps = part_sums.data() + j * K * D;
+          const int64_t* pc = part_counts.data() + j * K;
+          for (int64_t q = 0; q < K * D; ++q) sums[q] += ps[q];
+          for (int64_t k = 0; k < K; ++k) counts[k] += pc[k];
+        }
+        changed += part_stats[2 * j];
+        rechecked += part_stats[2 * j + 1];
+      }
+    }
+  }
+  return {changed, rechecked};
+}
+
+// Exact float64 distance of every point to its assigned centre (reference order); written to
+// dists when given; returns the sum, added in fixed blocks in block order (deterministic).
+template <typename T>
+double assigned_dist_impl(carray<T> x_arr, carray<T> c_arr, carray<int64_t> labels_arr, py::object dists_obj,
+                          int num_threads) {
+  check_ndim(x_arr, 2, "x");
+  check_ndim(c_arr, 2, "centers");
+  const int64_t N = x_arr.shape(0), D64 = x_arr.shape(1), K = c_arr.shape(0);
+  check_dim(c_arr, 1, D64, "centers");
+  check_ndim(labels_arr, 1, "labels");
+  check_dim(labels_arr, 0, N, "labels");
+  double* dists = nullptr;
+  carray<double> d_arr;
+  if (!dists_obj.is_none()) {
+    d_arr = dists_obj.cast<carray<double>>();
+    check_ndim(d_arr, 1, "dists");
+    check_dim(d_arr, 0, N, "dists");
+    check_writeable(d_arr, "dists");
+    dists = d_arr.mutable_data();
+  }
+  const int D = static_cast<int>(D64);
+  const T* x = x_arr.data();
+  const T* c = c_arr.data();
+  const int64_t* labels = labels_arr.data();
+  for (int64_t i = 0; i < N; ++i)
+    if (labels[i] < 0 || labels[i] >= K) throw std::invalid_argument("labels: values must lie in [0, K)");
+  const int64_t nblocks = (N + kBlock - 1) / kBlock;
+  std::vector<double> part(std::max<int64_t>(nblocks, 1), 0.0);
+  {
+    py::gil_scoped_release nogil;
+    const int threads = clamp_threads(num_threads, std::max<int64_t>(nblocks, 1));
+    parallel_for_dynamic(nblocks, threads, [&](int64_t b) {
+      part[b] = exact_dist_block(x, c, D, labels, b * kBlock, std::min(N, (b + 1) * kBlock), dists);
+    });
+  }
+  double total = 0.0;
+  for (int64_t b = 0; b < nblocks; ++b) total += part[b];
+  return total;
+}
+
+}  // namespace
+
+}  // namespace fastorals::kmeans
+
+FASTORALS_REGISTER(kmeans, m) {
+  using namespace fastorals::kmeans;
+  m.def("lloyd_pass_f32", &lloyd_pass_impl<float>,
+        "One Lloyd pass on float32 points x [N,D] and centres [K,D]: labels [N] int64 (in: previous, out: "
+        "nearest centre, exact, ties to the lowest index); float64 sums [K,D] and int64 counts [K] when "
+        "accumulate; returns (number of changed labels, number of exact rechecks).",
+        py::arg("x"), py::arg("centers"), py::arg("labels"), py::arg("sums"), py::arg("counts"),
+        py::arg("accumulate"), py::arg("unit_roundoff"), py::arg("num_threads"));
+  m.def("lloyd_pass_f64", &lloyd_pass_impl<double>, "float64 version of lloyd_pass_f32.", py::arg("x"),
+        py::arg("centers"), py::arg("labels"), py::arg("sums"), py::arg("counts"), py::arg("accumulate"),
+        py::arg("unit_roundoff"), py::arg("num_threads"));
+  m.def("assigned_dist_f32", &assigned_dist_impl<float>,
+        "Exact float64 squared distance of each float32 point to its assigned centre, into dists [N] when given; "
+        "returns their sum (deterministic order).",
+        py::arg("x"), py::arg("centers"), py::arg("labels"), py::arg("dists"), py::arg("num_threads"));
+  m.def("assigned_dist_f64", &assigned_dist_impl<double>, "float64 version of assigned_dist_f32.", py::arg("x"),
+        py::arg("centers"), py::arg("labels"), py::arg("dists"), py::arg("num_threads"));
+}
