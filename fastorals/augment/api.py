@@ -338,6 +338,12 @@ def draw_pipeline(
     Returns:
         :class:`PipelineDraws` on the generator's device. Draw order: crop [B, 2], flips [B],
         cutout centres y [B] then x [B]; a disabled stage draws nothing.
+
+    Example:
+        >>> d = draw_pipeline(128, 32, 32, crop_padding=4, flip_prob=0.5, cutout=16,
+        ...                   generator=torch.Generator().manual_seed(0))
+        >>> d.crop.shape, d.flip.shape, d.cutout.shape
+        (torch.Size([128, 2]), torch.Size([128]), torch.Size([128, 4]))
     """
     for name, v in (("batch_size", batch_size), ("height", height), ("width", width)):
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "batch_size" else 1):
