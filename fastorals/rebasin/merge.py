@@ -294,6 +294,7 @@ def loss_barrier(
     spec: Optional[PermutationSpec] = None,
     loss_fn: Callable = F.cross_entropy,
     num_batches: Optional[int] = None,
+    stats_loader: Optional[Iterable[Any]] = None,
 ) -> BarrierResult:
     """Evaluate ``theta(l) = (1 - l) A + l B`` at ``num_points`` values of l in [0, 1] (Git Re-Basin Fig. 2 / 3).
 
@@ -309,6 +310,7 @@ def loss_barrier(
         spec: passed to :func:`repair`.
         loss_fn: ``loss_fn(logits, y)``.
         num_batches: batches per evaluation / statistics pass.
+        stats_loader: data for the BatchNorm / REPAIR statistics (default: ``train_loader``).
 
     Returns:
         :class:`BarrierResult`.
@@ -327,13 +329,14 @@ def loss_barrier(
         m_a.load_state_dict(sa)
         m_b = copy.deepcopy(model)
         m_b.load_state_dict(sb)
+    stats = train_loader if stats_loader is None else stats_loader
     for lam in lambdas:
         m = copy.deepcopy(model)
         m.load_state_dict(interpolate(sa, sb, lam))
         if use_repair and 0.0 < lam < 1.0:
-            repair(m, m_a, m_b, train_loader, lam, spec=spec, num_batches=num_batches)
+            repair(m, m_a, m_b, stats, lam, spec=spec, num_batches=num_batches)
         elif reset_bn and 0.0 < lam < 1.0:
-            reset_bn_stats(m, train_loader, num_batches)
+            reset_bn_stats(m, stats, num_batches)
         tl, ta = evaluate_loss(m, train_loader, loss_fn, num_batches)
         res.train_loss.append(tl)
         res.train_acc.append(ta)
