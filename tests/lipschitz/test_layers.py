@@ -305,3 +305,14 @@ def test_conv_norm_bound_is_an_upper_bound():
     w = torch.randn(7, 5, dtype=torch.float64)
     assert float(L.dense_operator_norm(w)) == pytest.approx(float(torch.linalg.svdvals(w)[0]))
     assert math.isfinite(float(L.dense_operator_norm(torch.zeros(3, 2))))
+
+
+def test_empty_batch_and_single_feature():
+    lin = L.SLLLinear(5, 7)
+    x = torch.randn(0, 5, requires_grad=True)
+    lin(x).sum().backward()
+    assert lin.weight.grad is not None and lin.weight.grad.abs().sum() == 0
+    conv = L.SLLConv2d(3, 2, 3, stride=2)
+    assert conv(torch.randn(0, 3, 5, 5)).shape == (0, 3, 5, 5)
+    one = L.SLLLinear(1, 1).double()
+    assert L.random_pair_ratio(one, (1,)) <= TOL
