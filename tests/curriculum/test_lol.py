@@ -33,7 +33,7 @@ def _counts(levels, rates, num_test=10, max_level=10):
 def test_rule_up_only_when_every_level_passes():
     levels = torch.tensor([3, 3, 3, 3])
     ok = [1.0] * 11
-    rates = [ok, [1.0, 1.0, 0.5, 1.0] + ok[4:], [0.5, 1.0, 1.0, 1.0] + ok[4:], [1.0, 1.0, 1.0, 0.59] + ok[4:]]
+    rates = [ok, [1.0, 1.0, 0.5, 1.0, *ok[4:]], [0.5, 1.0, 1.0, 1.0, *ok[4:]], [1.0, 1.0, 1.0, 0.59, *ok[4:]]]
     correct, trials = _counts(levels.tolist(), rates)
     new, acc, tested = cu.lol_decision(levels, correct, trials, 0.6, 10)
     assert new.tolist() == [4, 2, 2, 2]
@@ -292,7 +292,7 @@ def test_pool_errors():
         cu.ClassPool(imgs, torch.zeros(4, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"images_by_class\[1\]"):
         cu.ClassPool.from_list([imgs, torch.zeros(2, 3, 9, 8, dtype=torch.uint8)])
-    with pytest.raises(ValueError, match="images.*rank 4"):
+    with pytest.raises(ValueError, match=r"images.*rank 4"):
         cu.ClassPool(imgs[0], torch.zeros(3, dtype=torch.int64))
 
 

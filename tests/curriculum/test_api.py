@@ -1,0 +1,238 @@
+"""CurriculumAugment: training-time augmentation, state and exact resume (also through fit), errors."""
+
+import pytest
+import torch
+from curriculum_helpers import PixelMLP, tiny_pool
+
+from fastorals import augment, data, training
+from fastorals import curriculum as cu
+from fastorals.curriculum.api import _TRAIN_STREAM
+from fastorals.testing import assert_raises
+
+
+def _batch(b=24, size=8, c=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8, generator=g),
+            torch.randint(0, c, (b,), generator=g))
+
+
+def test_call_is_batch_augment_at_the_class_levels():
+    x, y = _batch()
+    cur = cu.CurriculumAugment(4, aug_prob=0.5, cutout=4)
+    cur.set_levels([0, 3, 10, 6])
+    out = cur(x, y)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    # the same draws by hand: derived generator -> coin flips -> BatchAugment
+    g = torch.Generator().manual_seed(cu.derive_seed(0, _TRAIN_STREAM, 0, 0))
+    coin = torch.rand(24, generator=g) < 0.5
+    s = torch.where(coin, torch.tensor([0, 3, 10, 6])[y], 0)
+    ref = augment.BatchAugment(crop_padding=4, flip_prob=0.5, cutout=4, out_dtype=torch.float32)(x, s, g)
+    assert torch.equal(out, ref)
+    assert 0 < int(coin.sum()) < 24
+
+
+def test_strengths_follow_levels_and_aug_prob():
+    _, y = _batch(b=4000)
+    levels = torch.tensor([0, 3, 10, 6])
+    for p in (0.0, 1.0, 0.5):
+        cur = cu.CurriculumAugment(4, aug_prob=p)
+        cur.set_levels(levels)
+        s = cur.strengths(y, torch.Generator().manual_seed(1))
+        augmented = s == levels[y]
+        assert bool((augmented | (s == 0)).all())
+        if p == 0.0:
+            assert int(s.sum()) == 0
+        elif p == 1.0:
+            assert torch.equal(s, levels[y])
+        else:
+            frac = float((s[y != 0] > 0).double().mean())
+            assert abs(frac - 0.5) < 0.05
+
+
+def test_calls_are_deterministic_and_differ_from_call_to_call():
+    x, y = _batch()
+    a, b = cu.CurriculumAugment(4, aug_prob=1.0), cu.CurriculumAugment(4, aug_prob=1.0)
+    for cur in (a, b):
+        cur.set_levels([5, 5, 5, 5])
+    a1, a2 = a(x, y), a(x, y)
+    assert torch.equal(a1, b(x, y)) and torch.equal(a2, b(x, y))
+    assert not torch.equal(a1, a2)
+    c = cu.CurriculumAugment(4, aug_prob=1.0, seed=1)
+    c.set_levels([5, 5, 5, 5])
+    assert not torch.equal(c(x, y), a1)
+
+
+def test_call_with_normalize_and_official_mode():
+    x, y = _batch(size=32)
+    cur = cu.CurriculumAugment(4, magnitude_mode="official", mean=augment.CIFAR10_MEAN, std=augment.CIFAR10_STD,
+                               cutout=16, aug_prob=1.0)
+    cur.set_levels([10, 10, 10, 10])
+    out = cur(x, y)
+    assert out.dtype == torch.float32 and float(out.min()) < 0  # normalized
+    pipe = augment.BatchAugment.cifar(cutout=16, magnitude_mode="official", out_dtype=torch.float32)
+    cur2 = cu.CurriculumAugment(4, magnitude_mode="official", pipeline=pipe, aug_prob=1.0)
+    cur2.set_levels([10, 10, 10, 10])
+    assert torch.equal(cur2(x, y), out)
+
+
+def test_state_dict_round_trip_continues_exactly():
+    pool = tiny_pool()
+    model = PixelMLP(192, 4, seed=3)
+    x, y = _batch(b=16)
+    ref = cu.CurriculumAugment(4, num_test=3, accept_rate=0.25)
+    outs_ref = []
+    for step in range(4):
+        ref.update(model, pool)
+        outs_ref.append(ref(x, y))
+        if step == 1:
+            saved = ref.state_dict()
+    resumed = cu.CurriculumAugment(4, num_test=3, accept_rate=0.25)
+    resumed.load_state_dict(saved)
+    assert torch.equal(resumed.levels, saved["levels"]) and resumed.num_updates == 2
+    outs = []
+    for _ in range(2):
+        resumed.update(model, pool)
+        outs.append(resumed(x, y))
+    assert torch.equal(outs[0], outs_ref[2]) and torch.equal(outs[1], outs_ref[3])
+    assert torch.equal(resumed.levels, ref.levels) and torch.equal(resumed.history, ref.history)
+    assert ref.history.shape == (4, 4) and int(ref.levels.max()) > 0  # levels moved
+
+
+def test_state_dict_survives_weights_only_save(tmp_path):
+    cur = cu.CurriculumAugment(6, max_level=7)
+    cur.set_levels([0, 1, 2, 3, 7, 5])
+    path = tmp_path / "cur.pt"
+    training.save_checkpoint(str(path), {"cur": cur.state_dict()})
+    back = cu.CurriculumAugment(6, max_level=7)
+    back.load_state_dict(training.load_checkpoint(str(path))["cur"])
+    assert back.levels.tolist() == [0, 1, 2, 3, 7, 5]
+
+
+def test_resume_through_fit_checkpoint_is_exact(tmp_path):
+    full = data.synthetic_images(240, num_classes=4, size=8, seed=0)
+    lt = full.subset(data.long_tailed_indices(full.labels, imbalance_ratio=10, num_classes=4))
+    pool = cu.ClassPool(lt.images, lt.labels, 4)
+    counts = lt.class_counts()
+
+    def run(ckpt, stop_at=None):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+        torch.manual_seed(1234 if stop_at is None else 99)  # a resumed process starts from another RNG state
+        cur = cu.CurriculumAugment(4, num_test=3, accept_rate=0.3, eval_batch_size=64)
+        loss = cu.make_loss("ce_drw", counts, drw_epoch=2)
+        hook = cur.hook(pool)
+
+        def on_epoch_start(epoch, m):
+            if epoch == stop_at:
+                raise KeyboardInterrupt
+            hook(epoch, m)
+            loss.set_epoch(epoch)
+
+        loader = data.TensorLoader(lt, batch_size=32, seed=0)
+        training.fit(model, loader, 4, lr=0.05, loss_fn=loss, augment=cur, on_epoch_start=on_epoch_start,
+                     checkpoint=str(ckpt), progress=False, extra_state={"curriculum": cur})
+        return model, cur
+
+    m_full, c_full = run(tmp_path / "a.pt")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b.pt", stop_at=2)
+    m_res, c_res = run(tmp_path / "b.pt")  # a new process: resumes at epoch 2
+    for p, q in zip(m_full.parameters(), m_res.parameters()):
+        assert torch.equal(p, q)
+    assert torch.equal(c_full.levels, c_res.levels) and torch.equal(c_full.history, c_res.history)
+    assert c_full.num_updates == c_res.num_updates == 4 and c_res.history.shape == (4, 4)
+    assert int(c_full.history.max()) > 0  # the levels moved during the run
+
+
+def test_hook_runs_every_k_epochs():
+    pool = tiny_pool()
+    cur = cu.CurriculumAugment(4, num_test=1)
+    hook = cur.hook(pool, every=3)
+    model = PixelMLP(192, 4)
+    for epoch in range(7):
+        hook(epoch, model)
+    assert cur.num_updates == 3  # epochs 0, 3, 6
+
+
+def test_errors_name_the_argument():
+    x, y = _batch()
+    cur = cu.CurriculumAugment(4)
+    with assert_raises(ValueError, "labels", "num_classes=4"):
+        cur(x, torch.full((24,), 4))
+    with assert_raises(ValueError, "labels", "num_classes=4"):
+        cur(x, torch.full((24,), -1))
+    with assert_raises(ValueError, "labels", "24"):
+        cur(x, y[:5])
+    with assert_raises(ValueError, "labels", "rank 1"):
+        cur(x, y.view(4, 6))
+    with assert_raises(TypeError, "labels"):
+        cur(x, y.float())
+    with assert_raises(TypeError, "images", "uint8"):
+        cur(x.float(), y)
+    with assert_raises(ValueError, "images", "rank 4"):
+        cur(x[0], y[:3])
+    with assert_raises(ValueError, "levels", "max_level=10"):
+        cur.set_levels([0, 11, 0, 0])
+    with assert_raises(ValueError, "levels", "max_level=10"):
+        cur.set_levels([0, -1, 0, 0])
+    with assert_raises(ValueError, "levels", "num_classes=4"):
+        cur.set_levels([0, 1, 0])
+    with assert_raises(TypeError, "levels"):
+        cur.set_levels(torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    bad = cur.state_dict()
+    bad["levels"] = torch.tensor([0, 12, 0, 0])
+    with assert_raises(ValueError, "levels", "max_level"):
+        cur.load_state_dict(bad)
+    with assert_raises(ValueError, "num_classes"):
+        cu.CurriculumAugment(5).load_state_dict(cur.state_dict())
+    with assert_raises(ValueError, "max_level"):
+        cu.CurriculumAugment(4, max_level=5).load_state_dict(cur.state_dict())
+    with assert_raises(KeyError, "levels"):
+        cur.load_state_dict({"num_classes": 4})
+    for kwargs, word in (({"num_classes": 0}, "num_classes"), ({"num_classes": 4, "max_level": 0}, "max_level"),
+                         ({"num_classes": 4, "accept_rate": 1.5}, "accept_rate"),
+                         ({"num_classes": 4, "aug_prob": -0.1}, "aug_prob"),
+                         ({"num_classes": 4, "num_test": 0}, "num_test"),
+                         ({"num_classes": 4, "magnitude_mode": "paper"}, "magnitude_mode"),
+                         ({"num_classes": 4, "eval_batch_size": 0}, "eval_batch_size"),
+                         ({"num_classes": 4, "logit_adjustment": float("nan")}, "logit_adjustment"),
+                         ({"num_classes": 4, "class_counts": [1, 2]}, "class_counts")):
+        with assert_raises(ValueError, word):
+            cu.CurriculumAugment(**kwargs)
+    with assert_raises(ValueError, "pipeline", "max_level"):
+        cu.CurriculumAugment(4, max_level=5, pipeline=augment.BatchAugment())
+    with assert_raises(ValueError, "pipeline", "magnitude_mode"):
+        cu.CurriculumAugment(4, magnitude_mode="official", pipeline=augment.BatchAugment())
+    with assert_raises(ValueError, "pipeline", "cutout"):
+        cu.CurriculumAugment(4, pipeline=augment.BatchAugment(), cutout=8)
+    pool = tiny_pool()
+    with assert_raises(ValueError, "images_by_class", "5"):
+        cu.CurriculumAugment(5).update(PixelMLP(192, 5), pool)
+    with assert_raises(ValueError, "images_by_class", "one tensor per class"):
+        cur.update(PixelMLP(192, 4), [pool.images[:2]] * 3)
+    with assert_raises(TypeError, "images_by_class"):
+        cur.update(PixelMLP(192, 4), pool.images)
+    with assert_raises(ValueError, "class_counts", "positive"):
+        cu.CurriculumAugment(4, logit_adjustment=1.0, class_counts=[3, 0, 1, 1]).update(PixelMLP(192, 4), pool)
+    with assert_raises(ValueError, "every"):
+        cur.hook(pool, every=0)
+
+
+def test_repr_and_history_empty():
+    cur = cu.CurriculumAugment(3)
+    assert "num_classes=3" in repr(cur)
+    assert cur.history.shape == (0, 3)
+
+
+@pytest.mark.gpu
+def test_cuda_images_and_model():
+    pool = tiny_pool(size=16)
+    pool_cuda = cu.ClassPool(pool.images.cuda(), torch.repeat_interleave(torch.arange(4), pool.counts)[
+        torch.argsort(pool.order)].cuda(), 4)
+    model = PixelMLP(768, 4).cuda()
+    cur = cu.CurriculumAugment(4)
+    res = cur.update(model, pool_cuda)
+    assert res.levels_after.device.type == "cpu"
+    x, y = _batch(size=16)
+    out = cur(x.cuda(), y.cuda())
+    assert out.is_cuda and out.dtype == torch.float32
