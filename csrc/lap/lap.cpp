@@ -47,9 +47,6 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr int kWarmArrPasses = 1;
-// warm start falls back to a cold start when column reduction leaves fewer free rows than
-// this fraction of the rows the warm duals release
-constexpr double kColdRatio = 0.6;
 
 enum Isa : int { kAuto = 0, kScalar = 1, kAvx2 = 2, kAvx512 = 3 };
 
@@ -496,7 +493,6 @@ struct Stats {
   int64_t arr_steps = 0;        // augmenting row reduction row scans
   int64_t dijkstra_scans = 0;   // Dijkstra row scans
   int64_t released = 0;         // warm start: previous pairs released
-  int64_t cold_fallback = 0;    // warm start: 1 when the cold start was cheaper
 };
 
 // ------------------------------------------------------------------------------------------
@@ -528,7 +524,7 @@ class Solver {
   Stats warm() {
     std::vector<int32_t> free_rows;
     warm_init(free_rows);
-    arr(free_rows, stats_.cold_fallback ? 2 : kWarmArrPasses);
+    arr(free_rows, kWarmArrPasses);
     stats_.free_after_init = static_cast<int64_t>(free_rows.size());
     augment_all(free_rows);
     return stats_;
@@ -668,21 +664,17 @@ class Solver {
       if (std::isnan(v_[j])) v_[j] = 0.0;
       else if (std::isinf(v_[j])) v_[j] = 0.0;
     }
-    // One pass over the matrix: reduced-cost minimum of every row under the warm duals (is the
-    // previous column still a minimum?), NaN / -inf checks, and, for square problems, the column
-    // minima of a cold start, so that the cheaper of the two starts can be taken.
+    // One pass over the matrix: the two smallest reduced costs of every row under the warm duals
+    // (is the previous column still a minimum? by how much?) and the NaN / -inf checks.
     std::vector<char> keep(n_, 0);
-    std::vector<double> r(n_, kInf);  // r_i = reduced cost of row i at its column
+    std::vector<double> r(n_, kInf);    // r_i = reduced cost of row i at its column
+    std::vector<double> gap(n_, 0.0);   // second best minus best reduced cost of row i, if its column is the best
     std::vector<char> bad(n_, 0);
-    const bool both = n_ == m_;
     const int nt = clamp_threads(threads_, std::max<int64_t>(1, n_ / 64));
-    std::vector<std::vector<double>> cmin(both ? nt : 0, std::vector<double>(both ? m_ : 0, kInf));
-    std::vector<std::vector<int32_t>> cidx(both ? nt : 0, std::vector<int32_t>(both ? m_ : 0, -1));
-    auto body = [&](int64_t b, int64_t e, int tid) {
+    auto body = [&](int64_t b, int64_t e, int) {
       for (int64_t i = b; i < e; ++i) {
         const TwoMin t = k_.twomin(row(i), v_, m_);
         bad[i] = t.bad;
-        if (both) k_.colmin(row(i), cmin[tid].data(), cidx[tid].data(), static_cast<int32_t>(i), 0, m_);
         const int64_t j = x_[i];
         if (j >= 0) {
           const double rij = val<T, NEG>(row(i) + j) - v_[j];
@@ -691,6 +683,7 @@ class Solver {
           // rounding of the float64 dual arithmetic (a few ulps of the magnitudes involved)
           const double tol = 0x1p-44 * (std::fabs(val<T, NEG>(row(i) + j)) + std::fabs(v_[j]));
           keep[i] = rij <= t.u1 + tol && rij < kInf;
+          if (t.j1 == j && t.u2 < kInf) gap[i] = t.u2 - t.u1;
         }
       }
     };
@@ -698,46 +691,20 @@ class Solver {
     else parallel_chunks(n_, nt, body);
     for (int64_t i = 0; i < n_; ++i)
       if (bad[i]) invalid();
-    int64_t released = 0;
-    for (int64_t i = 0; i < n_; ++i) released += (x_[i] >= 0 && !keep[i]) || x_[i] < 0;
-    if (both) {
-      // merge the per-thread column minima (row chunks are in order: ties go to the lower row)
-      for (int t = 1; t < static_cast<int>(cmin.size()); ++t)
-        for (int64_t j = 0; j < m_; ++j)
-          if (cmin[t][j] < cmin[0][j]) {
-            cmin[0][j] = cmin[t][j];
-            cidx[0][j] = cidx[t][j];
-          }
-      std::vector<char> hit(n_, 0);
-      int64_t matched = 0;
-      for (int64_t j = 0; j < m_; ++j) {
-        const int32_t i = cidx[0][j];
-        if (i >= 0 && !hit[i]) {
-          hit[i] = 1;
-          ++matched;
-        }
-      }
-      // a cold start leaving clearly fewer free rows than the warm start releases is cheaper
-      if (static_cast<double>(n_ - matched) < kColdRatio * static_cast<double>(released)) {
-        stats_.released = released;
-        stats_.cold_fallback = 1;
-        for (int64_t i = 0; i < n_; ++i) x_[i] = -1;
-        for (int64_t j = 0; j < m_; ++j) {
-          y_[j] = -1;
-          v_[j] = cmin[0][j];
-        }
-        for (int64_t j = 0; j < m_; ++j)
-          if (!(v_[j] < kInf)) infeasible(j, "column");
-        reduce_from_column_minima(cidx[0], free_rows);
-        return;
-      }
-    }
     for (int64_t i = 0; i < n_; ++i) {
       if (x_[i] >= 0 && !keep[i]) {
         y_[x_[i]] = -1;
         x_[i] = -1;
         ++stats_.released;
       }
+    }
+    if (stats_.released > 0 && n_ == m_) {
+      // reduction transfer on the kept rows, from the two minima already computed: each kept
+      // column's dual drops to tie its row's second best, which makes it less attractive to the
+      // released rows (their augmenting row reduction then finds free columns quickly). Square
+      // problems only: for n < m the free-column repair below changes reduced costs first.
+      for (int64_t i = 0; i < n_; ++i)
+        if (x_[i] >= 0 && gap[i] > 0) v_[x_[i]] -= gap[i];
     }
     if (n_ < m_) {
       // every free column must hold the largest dual: raise released / free columns to it,
@@ -871,7 +838,6 @@ py::dict solve_impl(carray<T> cost, bool negate, carray<double> v, carray<int64_
   out["arr_steps"] = st.arr_steps;
   out["dijkstra_scans"] = st.dijkstra_scans;
   out["released"] = st.released;
-  out["cold_fallback"] = st.cold_fallback;
   out["isa"] = chosen == kAvx512 ? "avx512" : (chosen == kAvx2 ? "avx2" : "scalar");
   return out;
 }

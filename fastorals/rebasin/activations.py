@@ -319,7 +319,9 @@ def ste_matching(
     theta = {n: sd_a[n].clone().requires_grad_(True) for n in pnames}
     opt = torch.optim.SGD(list(theta.values()), lr=lr, momentum=momentum)
     lap_state: dict[str, AssignmentDuals] = {}
-    perms = weight_matching(spec, sd_a, sd_b, max_iter=wm_iters, seed=seed, lap_state=lap_state).perms
+    b_cache: dict = {}  # B's GEMM layouts, shared by every step's matching
+    perms = weight_matching(spec, sd_a, sd_b, max_iter=wm_iters, seed=seed, lap_state=lap_state,
+                            _b_cache=b_cache).perms
     dtype = next(model_a.parameters()).dtype
 
     def midpoint_loss(p: Mapping[str, torch.Tensor], batches: Sequence[Any]) -> float:
@@ -365,7 +367,7 @@ def ste_matching(
             wm_a = dict(sd_a)
             wm_a.update(cur)
             perms = weight_matching(spec, wm_a, sd_b, max_iter=wm_iters, seed=seed, init=perms,
-                                    lap_state=lap_state).perms
+                                    lap_state=lap_state, _b_cache=b_cache).perms
             pb = apply_permutation(spec, sd_b, perms, strict=False)
             params = {n: 0.5 * (sd_a[n] + (pb[n] + theta[n] - theta[n].detach())) for n in pnames}
             bufs = {n: (0.5 * (sd_a[n] + pb[n]) if n in sd_a and t.is_floating_point() else t).clone()

@@ -78,7 +78,7 @@ class _Term:
     """
 
     def __init__(self, name: str, k: int, sizes: list[int], names: list[Optional[str]],
-                 a: torch.Tensor, b: torch.Tensor) -> None:
+                 a: torch.Tensor, b: torch.Tensor, b_cache: Optional[dict] = None) -> None:
         self.name = name
         self.k = k
         self.n = sizes[k]
@@ -89,8 +89,14 @@ class _Term:
         b = b.reshape(sizes)
         self.a_mat = a.movedim(k, 0).reshape(self.n, -1).contiguous()
         self._a = a
-        self.b_t = b.movedim(k, -1).reshape(-1, self.n).contiguous() if self.perm_axes else None
-        self._b_mat = None if self.perm_axes else b.movedim(k, 0).reshape(self.n, -1)
+        key = (name, k, b.data_ptr(), tuple(b.shape), b.dtype, b.device)
+        if b_cache is not None and key in b_cache:
+            self.b_t, self._b_mat = b_cache[key]
+        else:
+            self.b_t = b.movedim(k, -1).reshape(-1, self.n).contiguous() if self.perm_axes else None
+            self._b_mat = None if self.perm_axes else b.movedim(k, 0).reshape(self.n, -1)
+            if b_cache is not None:
+                b_cache[key] = (self.b_t, self._b_mat)
         self.a_t: Optional[torch.Tensor] = None
         self.cache: Optional[torch.Tensor] = None
         self.snap: dict[str, torch.Tensor] = {}
@@ -187,6 +193,7 @@ def weight_matching(
     warm_start: bool = True,
     incremental: float = 0.35,
     lap_state: Optional[dict[str, AssignmentDuals]] = None,
+    _b_cache: Optional[dict] = None,
 ) -> MatchingResult:
     """Permute B's hidden units to maximize ``sum_params <W_A, pi(W_B)>`` (Git Re-Basin, weight matching).
 
@@ -239,7 +246,7 @@ def weight_matching(
     for n in names:
         dtype = torch.promote_types(dtype, torch.promote_types(a[n].dtype, b[n].dtype))
     a = {n: a[n].detach().to(dev, dtype) for n in names}
-    b = {n: b[n].detach().to(dev, dtype) for n in names}
+    b = {n: b[n].detach().to(dev, dtype) for n in names}  # no copy when already there: cache keys stay valid
     perms: dict[str, torch.Tensor] = {}
     if init is None:
         perms = {p: torch.arange(n, device=dev) for p, n in sizes.items()}
@@ -257,7 +264,7 @@ def weight_matching(
         exp_sizes, exp_names = spec.expanded_axes(name, tuple(a[name].shape))
         for k, p in enumerate(exp_names):
             if p is not None:
-                terms[p].append(_Term(name, k, exp_sizes, exp_names, a[name], b[name]))
+                terms[p].append(_Term(name, k, exp_sizes, exp_names, a[name], b[name], _b_cache))
     const: dict[str, Optional[torch.Tensor]] = {}
     for p, ts in terms.items():
         cs = [t for t in ts if t.constant]
