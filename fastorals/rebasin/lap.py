@@ -224,3 +224,23 @@ def _finish(rows: np.ndarray, cols: np.ndarray, duals: Optional[AssignmentDuals]
         rows = torch.from_numpy(rows).to(device)
         cols = torch.from_numpy(cols).to(device)
     return (rows, cols, duals) if return_duals else (rows, cols)
+
+
+# ----------------------------------------------------------------------------- torch.library op
+
+
+@torch.library.custom_op("fastorals::rebasin_linear_sum_assignment", mutates_args=())
+def linear_sum_assignment_op(cost: torch.Tensor, maximize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.ops.fastorals.rebasin_linear_sum_assignment(cost, maximize)``: (row_ind, col_ind), int64
+    tensors on ``cost``'s device, each of length ``min(cost.shape)``. The same solver as
+    :func:`linear_sum_assignment`, as an op that ``torch.compile`` graphs can contain."""
+    if cost.dim() != 2:
+        raise ValueError(f"cost: expected a 2-D matrix, got shape {tuple(cost.shape)}")
+    rows, cols = linear_sum_assignment(cost.detach(), maximize)
+    return rows, cols
+
+
+@linear_sum_assignment_op.register_fake
+def _(cost: torch.Tensor, maximize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    k = min(cost.shape[0], cost.shape[1])
+    return cost.new_empty(k, dtype=torch.int64), cost.new_empty(k, dtype=torch.int64)

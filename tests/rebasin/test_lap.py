@@ -239,3 +239,14 @@ def test_warm_start_work_and_exactness(threads):
         st = LAP.solve_f64(c2, False, v, x, u, True, 0, threads)
         assert st["released"] > 0
         assert _objective(c2, np.arange(n), x) == pytest.approx(_scipy(c2, False), rel=1e-12)
+
+
+def test_torch_library_op():
+    c = torch.rand(7, 11, dtype=torch.float64)
+    r, k = torch.ops.fastorals.rebasin_linear_sum_assignment(c, True)
+    assert r.dtype == torch.int64 and r.shape == (7,)
+    assert _objective(c.numpy(), r.numpy(), k.numpy()) == pytest.approx(_scipy(c.numpy(), True), rel=1e-12)
+    checks = ("test_schema", "test_faketensor")  # the autograd checks do not apply (integer outputs)
+    torch.library.opcheck(torch.ops.fastorals.rebasin_linear_sum_assignment.default, (c, False), test_utils=checks)
+    torch.library.opcheck(torch.ops.fastorals.rebasin_linear_sum_assignment.default, (c.T.float(), True),
+                          test_utils=checks)
