@@ -353,9 +353,11 @@ class QLearning(SourceAlgorithm):
         B, S, A = self.q.shape
         flat_next = self.model_next.reshape(B, S * A)
         for _ in range(self.planning):
-            v = self.q.max(2).values
-            target = self.model_r + self.gamma * v.gather(1, flat_next).view(B, S, A)
-            self.q = torch.where(self.model_known, self.q + self.lr * (target - self.q), self.q)
+            target = self.q.amax(2).gather(1, flat_next).view(B, S, A)
+            target.mul_(self.gamma).add_(self.model_r)
+            if self.lr != 1.0:
+                target.sub_(self.q).mul_(self.lr).add_(self.q)
+            torch.where(self.model_known, target, self.q, out=self.q)
 
 
 class PPO(SourceAlgorithm):

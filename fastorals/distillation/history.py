@@ -249,16 +249,18 @@ class LearningHistories:
             raise FileNotFoundError(f"LearningHistories.load: no such file {path!r}")
         src = f"LearningHistories.load({path!r})"
         try:
-            with np.load(path, allow_pickle=False) as z:
-                if not isinstance(z, np.lib.npyio.NpzFile):
-                    raise DatasetFormatError(f"{src}: not an .npz archive")
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise DatasetFormatError(f"{src}: not an .npz archive of learning histories (a bare "
+                                         f"{type(z).__name__})")
+            with z:
                 missing = [k for k in _KEYS if k not in z.files]
                 if missing:
                     raise DatasetFormatError(f"{src}: missing fields {missing} (has {sorted(z.files)})")
                 arrays = {k: z[k] for k in _KEYS}
         except DatasetFormatError:
             raise
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError) as e:
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError, TypeError) as e:
             raise DatasetFormatError(f"{src}: corrupted or not a learning-history file ({type(e).__name__}: {e})") from e
         meta_bytes = arrays.pop("meta")
         if meta_bytes.dtype != np.uint8 or meta_bytes.ndim != 1:

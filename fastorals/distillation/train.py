@@ -146,7 +146,7 @@ def train_ad(
             chunks, e.g. to evaluate in between; a later call with a larger ``until`` (or none)
             resumes from the checkpoint.
     Returns:
-        :class:`TrainResult`.
+        :class:`TrainResult` (the model is left in eval mode).
     Raises:
         ValueError: histories that do not match the model (actions, observations) or are
             shorter than the context.

@@ -26,16 +26,16 @@ from . import pyplot, register, savefig
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "smoke": dict(
-        bandit=dict(histories=64, trials=20, steps=15, batch=16, n_embd=16, n_layer=1, n_head=2, eval_envs=32,
+        bandit=dict(histories=64, trials=20, steps=10, batch=8, n_embd=16, n_layer=1, n_head=2, eval_envs=16,
                     chunk=64),
-        dark=dict(histories=32, episodes=6, subsample=1, ctx_episodes=2, steps=15, bc_steps=10, batch=8, n_embd=16,
-                  n_layer=1, n_head=2, eval_envs=16, eval_episodes=4, chunk=32),
+        dark=dict(histories=32, episodes=6, subsample=1, ctx_episodes=2, steps=10, bc_steps=5, batch=8, n_embd=16,
+                  n_layer=1, n_head=2, eval_envs=8, eval_episodes=3, chunk=32),
     ),
     "quick": dict(
         bandit=dict(histories=4096, trials=100, steps=1200, batch=32, n_embd=64, n_layer=3, n_head=4, eval_envs=512,
                     chunk=4096),
         dark=dict(histories=2048, episodes=60, subsample=2, ctx_episodes=8, steps=2000, bc_steps=300, batch=32,
-                  n_embd=64, n_layer=3, n_head=4, eval_envs=256, eval_episodes=40, chunk=1024),
+                  n_embd=64, n_layer=3, n_head=4, eval_envs=256, eval_episodes=50, chunk=1024),
     ),
     "full": dict(
         bandit=dict(histories=20000, trials=100, steps=8000, batch=64, n_embd=128, n_layer=4, n_head=4,
@@ -52,9 +52,9 @@ def _train(hist: ad.LearningHistories, cfg: dict[str, Any], context: int, horizo
            progress: bool) -> tuple[ad.ADModel, ad.TrainResult]:
     seed_everything(seed)
     model = ad.ADModel(num_actions=hist.num_actions, obs_nvec=hist.obs_nvec, context=context, horizon=horizon,
-                       n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=0.1,
+                       n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=0.0,
                        attn_dropout=0.0)
-    res = ad.train_ad(model, hist, steps=steps, batch_size=cfg["batch"], lr=1e-3, seed=seed, progress=progress,
+    res = ad.train_ad(model, hist, steps=steps, batch_size=cfg["batch"], lr=1.5e-3, seed=seed, progress=progress,
                       log_every=max(1, steps // 20))
     return model, res
 

@@ -133,6 +133,9 @@ def test_truncated_and_garbage_files(tmp_path, dark_hist):
     (tmp_path / "junk.npz").write_bytes(b"not a zip file at all" * 10)
     with assert_raises(DatasetFormatError, "junk.npz"):
         LearningHistories.load(tmp_path / "junk.npz")
+    np.save(tmp_path / "bare.npy", np.zeros(3))
+    with assert_raises(DatasetFormatError, "bare.npy", "not an .npz"):
+        LearningHistories.load(tmp_path / "bare.npy")
     with assert_raises(FileNotFoundError, "nothing.npz"):
         LearningHistories.load(tmp_path / "nothing.npz")
 
