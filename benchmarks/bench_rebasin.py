@@ -49,24 +49,27 @@ def _objective(c: np.ndarray, cols: np.ndarray) -> float:
     return float(c[np.arange(len(cols)), cols].astype(np.float64).sum())
 
 
-def _peers(c: np.ndarray) -> dict:
+def _peers(c: np.ndarray, maximize: bool = False) -> dict:
     from scipy.optimize import linear_sum_assignment as scipy_lsa
 
-    peers = {"scipy": lambda: scipy_lsa(c)[1]}
+    peers = {"scipy": lambda: scipy_lsa(c, maximize=maximize)[1]}
     if _lapx is not None:
-        peers["lapx.lapjvh"] = lambda: _lapx.lapjvh(c, return_cost=False)[1]
-        peers["lapx.lapjvs"] = lambda: _lapx.lapjvs(c.astype(np.float32, copy=False), return_cost=False)[1]
-        peers["lapx.lapjv"] = lambda: _lapx.lapjv(c, return_cost=False)[0]
+        m = -c if maximize else c  # lapx minimizes: negated once, outside the timed call
+        m32 = m.astype(np.float32)
+        peers["lapx.lapjvh"] = lambda: _lapx.lapjvh(m, return_cost=False)[1]
+        peers["lapx.lapjvs"] = lambda: _lapx.lapjvs(m32, return_cost=False)[1]
+        peers["lapx.lapjv"] = lambda: _lapx.lapjv(m, return_cost=False)[0]
     return peers
 
 
-def _verify(c: np.ndarray):
+def _verify(c: np.ndarray, maximize: bool = False):
     def verify(fast_out, other_out, name: str) -> None:
         a = _objective(c, np.asarray(fast_out))
         b = _objective(c, np.asarray(other_out))
         # lapjvs works in float32 arithmetic: its optimum may be off by float32 rounding
         tol = 1e-5 if name == "lapx.lapjvs" else 1e-9
-        assert b >= a - 1e-9 * max(1.0, abs(a)), f"{name}: objective {b!r} below the optimum {a!r}?"
+        worse = a - b if maximize else b - a
+        assert worse >= -1e-9 * max(1.0, abs(a)), f"{name}: objective {b!r} better than the optimum {a!r}?"
         assert abs(a - b) <= tol * max(1.0, abs(a)), f"{name}: objective {b!r} differs from fastorals {a!r}"
 
     return verify
@@ -74,9 +77,10 @@ def _verify(c: np.ndarray):
 
 def _lap_cases(mode: str):
     sizes = {"smoke": [64], "quick": [256, 1024, 2048], "full": [256, 512, 1024, 2048, 4096]}[mode]
-    kinds = (("lap_uniform", _uniform), ("lap_wm", lambda n, d, s: _wm_like(n, d, s, 0.3)),
-             ("lap_wm_hard", lambda n, d, s: _wm_like(n, d, s, 0.1)))
-    for kind, make in kinds:
+    # uniform costs: minimize; weight-matching costs: maximize (as weight matching does)
+    kinds = (("lap_uniform", _uniform, False), ("lap_wm", lambda n, d, s: _wm_like(n, d, s, 0.3), True),
+             ("lap_wm_hard", lambda n, d, s: _wm_like(n, d, s, 0.1), True))
+    for kind, make, mx in kinds:
         for n in sizes:
             for dtype in (np.float32, np.float64):
                 c = make(n, dtype, n)
@@ -85,10 +89,11 @@ def _lap_cases(mode: str):
                     skip = {**skip, "lapx.lapjvs": "float32 solver (run in the float32 rows)"}
                 yield Case(
                     op=kind, shape=f"{n}x{n}", dtype=np.dtype(dtype).name, device="cpu",
-                    fast={"fastorals": lambda c=c: linear_sum_assignment(c)[1]},
-                    reference=lambda c=c: lap_reference(c)[0],
-                    peers=_peers(c), backend="cpp", bytes=c.nbytes, verify=_verify(c), skip=skip,
-                    max_time_s=4.0, note="solves minimization; lapx.lapjvs rounds to float32",
+                    fast={"fastorals": lambda c=c, mx=mx: linear_sum_assignment(c, mx)[1]},
+                    reference=lambda c=c, mx=mx: lap_reference(c, mx)[0],
+                    peers=_peers(c, mx), backend="cpp", bytes=c.nbytes, verify=_verify(c, mx), skip=skip,
+                    max_time_s=4.0, note=("maximize" if mx else "minimize") + "; lapx gets -cost when maximizing; "
+                    "lapx.lapjvs rounds to float32",
                 )
     # warm re-solve after a small change
     rsizes = {"smoke": [64], "quick": [1024, 2048], "full": [1024, 2048, 4096]}[mode]
