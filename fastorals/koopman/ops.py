@@ -103,6 +103,9 @@ def _fit_backward(ctx, g_c, g_factor, g_cond, g_info):
     x = z[:, :, :-1].reshape(g, b * (t - 1), k)
     y = z[:, :, 1:].reshape(g, b * (t - 1), k)
     s = torch.cholesky_solve(g_c, factor)  # A^-1 gC with A = X^T X + lam I
+    # a failed factorization (C replaced by the lstsq fallback, so g_c = 0 there) must not leak NaN
+    ok = torch.isfinite(factor).all(-1).all(-1)
+    s = torch.where(ok[:, None, None], s, torch.zeros_like(s))
     sct = s @ c.mT
     gx = y @ s.mT - x @ (sct + sct.mT)
     if ctx.relative:  # lam = ridge * tr(X^T X) / k also depends on X

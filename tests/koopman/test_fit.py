@@ -136,6 +136,23 @@ def test_rank_deficient_falls_back_with_warning():
     assert_close(fit.z_pred[:, 1:], z[:, 1:], atol=1e-9, rtol=1e-9)  # consistent system: exact fit
 
 
+def test_fallback_gradient_is_finite_and_matches_lstsq():
+    g = torch.Generator().manual_seed(6)
+    z0 = torch.randn(2, 10, 4, 6, generator=g, dtype=torch.float64)
+    z0[1] = torch.randn(10, 4, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 6, generator=g,
+                                                                                 dtype=torch.float64)
+    z = z0.clone().requires_grad_()  # group 0: full rank (Cholesky), group 1: rank 2 (lstsq fallback)
+    with pytest.warns(KoopmanFitWarning, match="1 of 2"):
+        fit = fit_koopman(z)
+    assert fit.ill_conditioned.tolist() == [False, True]
+    fit.C.square().sum().backward()
+    assert torch.isfinite(z.grad).all()
+    zr = z0.clone().requires_grad_()
+    x, y = zr[:, :, :-1].reshape(2, -1, 6), zr[:, :, 1:].reshape(2, -1, 6)
+    torch.linalg.lstsq(x, y, driver="gelsd").solution.square().sum().backward()
+    assert_close(z.grad, zr.grad, atol=1e-8, rtol=1e-7)
+
+
 def test_fallback_none_only_flags():
     z = torch.zeros(4, 6, 3, dtype=torch.float64)
     z[..., 0] = torch.randn(4, 6, dtype=torch.float64)  # rank 1 of 3
