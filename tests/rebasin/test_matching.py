@@ -186,3 +186,19 @@ def test_ste_returns_valid_permutations():
         assert torch.equal(torch.sort(res.perms[p]).values, torch.arange(n))
     assert res.iterations == 6 and len(res.objective) == 3
     assert res.stats["best_midpoint_loss"] == min(res.objective)
+
+
+def test_weight_matching_on_attention_factors():
+    """Traced attention specs (heads x head-dim factors, several permutations per tensor): a
+    hidden permutation is undone (coordinate descent can stall in a local optimum for some
+    draws, as the official algorithm; this draw converges)."""
+    from tests.rebasin.test_trace import MHABlock, QKVAttention
+
+    for net, x in ((QKVAttention(24, 4), torch.rand(2, 5, 4)), (MHABlock(16, 4), torch.randint(0, 11, (2, 5)))):
+        spec = trace_permutation_spec(net, x)
+        sd = net.state_dict()
+        sd_b = apply_permutation(spec, sd, random_permutation(spec, sd, torch.Generator().manual_seed(0)))
+        res = weight_matching(spec, sd, sd_b)
+        back = apply_permutation(spec, sd_b, res.perms)
+        for k in sd:
+            assert torch.equal(back[k], sd[k]), k
