@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 __all__ = ["conv_output_padding", "gram_t", "residual_conv", "residual_dense"]
 
-_STRIP = 256  # rows per Gram strip: a 256 x m strip stays in cache; the symmetric waste is 1 / (m / 256)
+_STRIP = 256  # minimum rows per Gram strip (a strip is at most 1/4 of the rows: few, large BLAS calls)
 
 
 def conv_output_padding(size: int, kernel_size: int, stride: int) -> int:
@@ -54,7 +54,10 @@ def _exp_weights(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _strips(m: int) -> list[tuple[int, int]]:
-    step = _STRIP if m > _STRIP else m
+    """Row strips: at least ``_STRIP`` rows, at most 4 strips. Work on/above the diagonal is
+    ``(1 + 1 / strips) / 2`` of the full Gram; fewer strips mean fewer, larger BLAS calls, which
+    matters when the cores are shared (every parallel region then costs a scheduler slice)."""
+    step = max(_STRIP, -(-m // 4)) if m > _STRIP else m
     return [(s, min(s + step, m)) for s in range(0, m, max(step, 1))]
 
 
