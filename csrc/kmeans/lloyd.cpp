@@ -13,9 +13,17 @@
 //    centre (we use (8D + 16) u (|x|^2 + max_k |c_k|^2) + a denormal floor) the screened winner is
 //    the exact winner. Otherwise (near ties, exact ties) all K distances are recomputed exactly
 //    in float64, in the reference order, without FMA contraction.
-// 3. The point is added to float64 per-cluster sums of its block; blocks (fixed size, independent
-//    of the thread count) are merged in block order, so the result is bitwise reproducible for
-//    any number of threads.
+// 3. Optional distance bounds (Hamerly): per point an upper bound u on the distance to its centre
+//    and a lower bound l on the distance to every other centre, both rigorous (derived from the
+//    certified screening values with their error bound, rounded outwards, stored in float32).
+//    When the centres move by delta_k, u += delta_own and l -= max_{k != own} delta_k; a point
+//    whose u < max(l, half the distance from its centre to the nearest other centre) provably
+//    keeps its centre (strictly nearer in exact arithmetic), so it is not scanned; otherwise u is
+//    tightened with the exact distance and, if that does not settle it, the point is screened.
+//    Labels are therefore the same with or without bounds.
+// 4. Every point is added to float64 per-cluster sums of its block, in index order; blocks (fixed
+//    size, independent of the thread count) are merged in block order, so the result is bitwise
+//    reproducible for any number of threads.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -59,14 +67,80 @@ struct VT<double> {
 
 constexpr int64_t kBlock = 4096;  // points per block (the unit of deterministic merging)
 
+// Relative slack of the bounds computed in float64 (sqrt and sums); the float32 storage is
+// rounded outwards separately, and the lane-wise bounds of the screening carry a 4e-6 factor.
+constexpr double kSlackExact = 1e-9;
+
+// float32 storage of the bounds, rounded outwards (inline: no libm call in the hot loop).
+inline __attribute__((always_inline)) float round_up_f32(double v) {
+  if (!(v < static_cast<double>(std::numeric_limits<float>::max()))) return std::numeric_limits<float>::infinity();
+  if (!(v > 0.0)) return 0.0f;
+  float f = static_cast<float>(v);
+  if (static_cast<double>(f) < v) {
+    uint32_t b;
+    std::memcpy(&b, &f, sizeof(b));
+    ++b;  // f >= 0: the next float up
+    std::memcpy(&f, &b, sizeof(b));
+  }
+  return f;
+}
+
+inline __attribute__((always_inline)) float round_down_f32(double v) {
+  if (!(v > 0.0)) return 0.0f;
+  if (v >= static_cast<double>(std::numeric_limits<float>::max())) return std::numeric_limits<float>::max();
+  float f = static_cast<float>(v);
+  if (static_cast<double>(f) > v) {  // then f > 0
+    uint32_t b;
+    std::memcpy(&b, &f, sizeof(b));
+    --b;
+    std::memcpy(&f, &b, sizeof(b));
+  }
+  return f;
+}
+
+// Per-pass constants shared by all blocks.
+template <typename T>
+struct PassCtx {
+  const T* x;
+  const T* c;
+  int64_t N;
+  int D;
+  int64_t K;
+  const T* cm2;  // [K][D] = -2c
+  const T* cn;   // [K] = |c|^2
+  T coef, floor_abs, cmax;
+  double coef_d, floor_d, cmax_d;
+  int64_t* labels;
+  // bounds relative to the cumulative centre drift: distance to the own centre <= upper + drift[own],
+  // distance to any other centre >= lower - drift_max (drift: float64 cumulative shifts)
+  float* upper;            // nullptr: no bounds kept
+  float* lower;
+  const double* drift;     // [K]
+  double drift_max;
+  const double* half_sep;  // nullptr: scan every point (bounds only written)
+  bool accumulate;
+};
+
+// Scratch of one thread.
+template <typename T>
+struct Scratch {
+  std::vector<T> xt, best, second;
+  std::vector<typename VT<T>::I> idx, amb;
+  std::vector<int64_t> todo;
+  Scratch(int D, int G) : xt(static_cast<size_t>(D) * G), best(G), second(G), idx(G), amb(G), todo(kBlock) {}
+};
+
 // Screening of one group of P*L points against all K centres.
-// xt: [D][P*L] transposed points; cm2: [K][D] = -2 c; cn: [K] = |c|^2 (in T).
-// Outputs per lane: index of the screened winner and whether the point needs an exact recheck.
+// xt: [D][P*L] transposed points. Outputs per lane: an upper bound on the distance to the winner and
+// a lower bound on the distance to every other centre (best_out / second_out), index of the winner,
+// whether the point needs an exact recheck.
 template <typename T, int DT, int P>
 inline __attribute__((always_inline)) void screen_group(const T* FASTORALS_RESTRICT xt, int D,
                                                         const T* FASTORALS_RESTRICT cm2,
                                                         const T* FASTORALS_RESTRICT cn, int64_t K, T coef, T floor_abs,
-                                                        T cmax, typename VT<T>::I* FASTORALS_RESTRICT idx_out,
+                                                        T cmax, T* FASTORALS_RESTRICT best_out,
+                                                        T* FASTORALS_RESTRICT second_out,
+                                                        typename VT<T>::I* FASTORALS_RESTRICT idx_out,
                                                         typename VT<T>::I* FASTORALS_RESTRICT amb_out) {
   using V = typename VT<T>::V;
   using IV = typename VT<T>::IV;
@@ -130,6 +204,21 @@ inline __attribute__((always_inline)) void screen_group(const T* FASTORALS_RESTR
     // gap <= tolerance (also true for NaN gaps, never for K == 1 where s = inf)
     const V tol = coef * (xn[p] + cmax) + floor_abs;
     const IV amb = (s[p] - b[p] > tol) ? IV{} : IV{} + static_cast<I>(1);
+    // distance bounds: tol covers the screening error plus the rounding of these sums; the factors
+    // cover sqrt and the products (see the file comment)
+    V hi = b[p] + xn[p] + tol;
+    V lo = s[p] + xn[p] - tol;
+    hi = hi > V{} ? hi : V{};
+    lo = lo > V{} ? lo : V{};
+    V ub, lb;
+    for (int l = 0; l < L; ++l) {
+      ub[l] = std::sqrt(hi[l]);
+      lb[l] = std::sqrt(lo[l]);
+    }
+    ub = ub * static_cast<T>(1.0 + 4e-6);
+    lb = lb * static_cast<T>(1.0 - 4e-6);
+    std::memcpy(best_out + p * L, &ub, sizeof(V));
+    std::memcpy(second_out + p * L, &lb, sizeof(V));
     std::memcpy(idx_out + p * L, &id[p], sizeof(IV));
     std::memcpy(amb_out + p * L, &amb, sizeof(IV));
   }
@@ -154,19 +243,25 @@ __attribute__((optimize("fp-contract=off"))) inline double exact_dist(const T* x
   return acc;
 }
 
-// Exact nearest centre (reference order and tie rule) of one point.
+// Exact nearest centre (reference order and tie rule) of one point, with its distance and the
+// smallest distance to any other centre.
 template <typename T>
-__attribute__((noinline, optimize("fp-contract=off"))) int64_t exact_argmin(const T* xi, const T* c, int D,
-                                                                            int64_t K) {
-  double bd = std::numeric_limits<double>::infinity();
+__attribute__((noinline, optimize("fp-contract=off"))) int64_t exact_argmin(const T* xi, const T* c, int D, int64_t K,
+                                                                            double* d1, double* d2) {
+  double bd = std::numeric_limits<double>::infinity(), sd = bd;
   int64_t lab = 0;
   for (int64_t k = 0; k < K; ++k) {
     const double dk = exact_dist(xi, c + k * D, D);
     if (dk < bd) {
+      sd = bd;
       bd = dk;
       lab = k;
+    } else if (dk < sd) {
+      sd = dk;
     }
   }
+  *d1 = bd;
+  *d2 = sd;
   return lab;
 }
 
@@ -184,68 +279,121 @@ __attribute__((noinline, optimize("fp-contract=off"))) double exact_dist_block(c
   return s;
 }
 
-// One block of points [b0, b1): transpose each group of P*L points into lanes, screen, then labels
-// and block-local float64 sums (exact recheck of flagged points). DT > 0: compile-time D.
+// One block of points [b0, b1): bound tests, screening of the points that need it (gathered into
+// groups of P*L lanes), labels and bounds, then block-local float64 sums in index order.
+// DT > 0: compile-time D.
 template <typename T, int DT, int P>
-inline __attribute__((always_inline)) void block_impl(const T* FASTORALS_RESTRICT x, const T* FASTORALS_RESTRICT c,
-                                                      int64_t b0, int64_t b1, int Drt, int64_t K, const T* cm2,
-                                                      const T* cn, T coef, T floor_abs, T cmax, T* xt,
-                                                      typename VT<T>::I* idx, typename VT<T>::I* amb,
-                                                      int64_t* FASTORALS_RESTRICT labels,
-                                                      double* FASTORALS_RESTRICT sums,
+inline __attribute__((always_inline)) void block_impl(const PassCtx<T>& ctx, int64_t b0, int64_t b1,
+                                                      Scratch<T>& sc, double* FASTORALS_RESTRICT sums,
                                                       int64_t* FASTORALS_RESTRICT counts, int64_t* stats) {
   constexpr int G = P * VT<T>::L;
-  const int D = DT > 0 ? DT : Drt;
-  if (sums != nullptr) {
-    std::fill(sums, sums + K * D, 0.0);
-    std::fill(counts, counts + K, int64_t{0});
-  }
-  int64_t changed = 0, rechecked = 0;
-  for (int64_t g0 = b0; g0 < b1; g0 += G) {
-    const int64_t n = std::min<int64_t>(G, b1 - g0);
-    const T* xg = x + g0 * D;
-    if (n == G) {
-      for (int j = 0; j < G; ++j)
-        for (int d = 0; d < D; ++d) xt[d * G + j] = xg[j * D + d];
-    } else {  // missing points: copies of the last one
-      for (int j = 0; j < G; ++j) {
-        const T* xi = xg + std::min<int64_t>(j, n - 1) * D;
-        for (int d = 0; d < D; ++d) xt[d * G + j] = xi[d];
+  const int D = DT > 0 ? DT : ctx.D;
+  const T* FASTORALS_RESTRICT x = ctx.x;
+  int64_t* FASTORALS_RESTRICT labels = ctx.labels;
+  int64_t changed = 0, rechecked = 0, ntodo = 0;
+  int64_t* todo = sc.todo.data();
+  // phase 1: which points must be screened (skipped points: nothing is written)
+  if (ctx.half_sep == nullptr) {
+    for (int64_t i = b0; i < b1; ++i) todo[ntodo++] = i;
+  } else {
+    const double* FASTORALS_RESTRICT drift = ctx.drift;
+    const double* FASTORALS_RESTRICT hs = ctx.half_sep;
+    const float* FASTORALS_RESTRICT up = ctx.upper;
+    const float* FASTORALS_RESTRICT lo = ctx.lower;
+    const double dmax = ctx.drift_max;
+    for (int64_t i = b0; i < b1; ++i) {
+      const int64_t a = labels[i];
+      if (a < 0) {
+        todo[ntodo++] = i;
+        continue;
       }
+      const double ub = (static_cast<double>(up[i]) + drift[a]) * (1.0 + kSlackExact);
+      const double lb = (static_cast<double>(lo[i]) - dmax) * (1.0 - kSlackExact);
+      const double m = lb > hs[a] ? lb : hs[a];
+      if (ub < m) continue;
+      todo[ntodo++] = i;
     }
-    screen_group<T, DT, P>(xt, D, cm2, cn, K, coef, floor_abs, cmax, idx, amb);
+    // tighten the upper bound with the exact distance before screening
+    int64_t keep = 0;
+    for (int64_t j = 0; j < ntodo; ++j) {
+      const int64_t i = todo[j];
+      const int64_t a = labels[i];
+      if (a >= 0) {
+        const double lb = (static_cast<double>(ctx.lower[i]) - dmax) * (1.0 - kSlackExact);
+        const double m = lb > ctx.half_sep[a] ? lb : ctx.half_sep[a];
+        const T* xi = x + i * D;
+        const T* ca = ctx.c + a * D;
+        double dd = 0.0;  // bound only: any summation order / FMA is covered by the slack
+        for (int d = 0; d < D; ++d) {
+          const double df = static_cast<double>(xi[d]) - static_cast<double>(ca[d]);
+          dd += df * df;
+        }
+        const double ub = std::sqrt(dd) * (1.0 + kSlackExact);
+        if (ub < m) {
+          ctx.upper[i] = round_up_f32(ub - ctx.drift[a]);
+          continue;
+        }
+      }
+      todo[keep++] = i;
+    }
+    ntodo = keep;
+  }
+  // phase 2: screen the listed points
+  T* xt = sc.xt.data();
+  for (int64_t g0 = 0; g0 < ntodo; g0 += G) {
+    const int64_t n = std::min<int64_t>(G, ntodo - g0);
+    for (int j = 0; j < G; ++j) {  // missing lanes: copies of the last point
+      const T* xi = x + todo[g0 + std::min<int64_t>(j, n - 1)] * D;
+      for (int d = 0; d < D; ++d) xt[d * G + j] = xi[d];
+    }
+    screen_group<T, DT, P>(xt, D, ctx.cm2, ctx.cn, ctx.K, ctx.coef, ctx.floor_abs, ctx.cmax, sc.best.data(),
+                           sc.second.data(), sc.idx.data(), sc.amb.data());
     for (int64_t j = 0; j < n; ++j) {
-      const int64_t i = g0 + j;
-      const T* xi = xg + j * D;
-      int64_t lab = static_cast<int64_t>(idx[j]);
-      if (amb[j]) {
+      const int64_t i = todo[g0 + j];
+      int64_t lab;
+      if (sc.amb[j]) {
         ++rechecked;
-        lab = exact_argmin(xi, c, D, K);
+        double d1, d2;
+        lab = exact_argmin(x + i * D, ctx.c, D, ctx.K, &d1, &d2);
+        if (ctx.upper != nullptr) {
+          ctx.upper[i] = round_up_f32(std::sqrt(d1) * (1.0 + kSlackExact) - ctx.drift[lab]);
+          ctx.lower[i] = round_down_f32(std::sqrt(d2) * (1.0 - kSlackExact) + ctx.drift_max);
+        }
+      } else {
+        lab = static_cast<int64_t>(sc.idx[j]);
+        if (ctx.upper != nullptr) {
+          ctx.upper[i] = round_up_f32(static_cast<double>(sc.best[j]) - ctx.drift[lab]);
+          ctx.lower[i] = round_down_f32(static_cast<double>(sc.second[j]) + ctx.drift_max);
+        }
       }
       changed += labels[i] != lab;
       labels[i] = lab;
-      if (sums != nullptr) {
-        double* sk = sums + lab * D;
-        for (int d = 0; d < D; ++d) sk[d] += static_cast<double>(xi[d]);
-        ++counts[lab];
-      }
+    }
+  }
+  // phase 3: block-local sums in index order
+  if (sums != nullptr) {
+    std::fill(sums, sums + ctx.K * D, 0.0);
+    std::fill(counts, counts + ctx.K, int64_t{0});
+    for (int64_t i = b0; i < b1; ++i) {
+      const T* xi = x + i * D;
+      double* sk = sums + labels[i] * D;
+      for (int d = 0; d < D; ++d) sk[d] += static_cast<double>(xi[d]);
+      ++counts[labels[i]];
     }
   }
   stats[0] = changed;
   stats[1] = rechecked;
+  stats[2] = ntodo;
 }
 
 template <typename T>
-inline __attribute__((always_inline)) void block_dispatch(const T* x, const T* c, int64_t b0, int64_t b1, int D,
-                                                          int64_t K, const T* cm2, const T* cn, T coef, T floor_abs,
-                                                          T cmax, T* xt, typename VT<T>::I* idx,
-                                                          typename VT<T>::I* amb, int64_t* labels, double* sums,
-                                                          int64_t* counts, int64_t* stats) {
-  switch (D) {
-#define FASTORALS_KM_CASE(DD)                                                                                  \
-  case DD:                                                                                                     \
-    return block_impl<T, DD, group_p<T>(DD)>(x, c, b0, b1, D, K, cm2, cn, coef, floor_abs, cmax, xt, idx, amb, \
-                                             labels, sums, counts, stats);
+inline __attribute__((always_inline)) void block_dispatch(const PassCtx<T>& ctx, int64_t b0, int64_t b1,
+                                                          Scratch<T>& sc, double* sums, int64_t* counts,
+                                                          int64_t* stats) {
+  switch (ctx.D) {
+#define FASTORALS_KM_CASE(DD) \
+  case DD:                    \
+    return block_impl<T, DD, group_p<T>(DD)>(ctx, b0, b1, sc, sums, counts, stats);
     FASTORALS_KM_CASE(1)
     FASTORALS_KM_CASE(2)
     FASTORALS_KM_CASE(3)
@@ -264,40 +412,38 @@ inline __attribute__((always_inline)) void block_dispatch(const T* x, const T* c
     FASTORALS_KM_CASE(16)
 #undef FASTORALS_KM_CASE
     default:
-      return block_impl<T, 0, 1>(x, c, b0, b1, D, K, cm2, cn, coef, floor_abs, cmax, xt, idx, amb, labels, sums,
-                                 counts, stats);
+      return block_impl<T, 0, 1>(ctx, b0, b1, sc, sums, counts, stats);
   }
 }
 
+// The cloned entry points (AVX-512 / AVX2 / baseline).
 FASTORALS_CLONES
-void block_f32(const float* x, const float* c, int64_t b0, int64_t b1, int D, int64_t K, const float* cm2,
-               const float* cn, float coef, float floor_abs, float cmax, float* xt, int32_t* idx, int32_t* amb,
-               int64_t* labels, double* sums, int64_t* counts, int64_t* stats) {
-  block_dispatch<float>(x, c, b0, b1, D, K, cm2, cn, coef, floor_abs, cmax, xt, idx, amb, labels, sums, counts, stats);
+void block_f32(const PassCtx<float>& ctx, int64_t b0, int64_t b1, Scratch<float>& sc, double* sums, int64_t* counts,
+               int64_t* stats) {
+  block_dispatch<float>(ctx, b0, b1, sc, sums, counts, stats);
 }
 
 FASTORALS_CLONES
-void block_f64(const double* x, const double* c, int64_t b0, int64_t b1, int D, int64_t K, const double* cm2,
-               const double* cn, double coef, double floor_abs, double cmax, double* xt, int64_t* idx, int64_t* amb,
-               int64_t* labels, double* sums, int64_t* counts, int64_t* stats) {
-  block_dispatch<double>(x, c, b0, b1, D, K, cm2, cn, coef, floor_abs, cmax, xt, idx, amb, labels, sums, counts, stats);
+void block_f64(const PassCtx<double>& ctx, int64_t b0, int64_t b1, Scratch<double>& sc, double* sums,
+               int64_t* counts, int64_t* stats) {
+  block_dispatch<double>(ctx, b0, b1, sc, sums, counts, stats);
 }
 
-inline void run_block(const float* x, const float* c, int64_t b0, int64_t b1, int D, int64_t K, const float* cm2,
-                      const float* cn, float coef, float floor_abs, float cmax, float* xt, int32_t* idx, int32_t* amb,
-                      int64_t* labels, double* sums, int64_t* counts, int64_t* stats) {
-  block_f32(x, c, b0, b1, D, K, cm2, cn, coef, floor_abs, cmax, xt, idx, amb, labels, sums, counts, stats);
+inline void run_block(const PassCtx<float>& ctx, int64_t b0, int64_t b1, Scratch<float>& sc, double* sums,
+                      int64_t* counts, int64_t* stats) {
+  block_f32(ctx, b0, b1, sc, sums, counts, stats);
 }
-inline void run_block(const double* x, const double* c, int64_t b0, int64_t b1, int D, int64_t K, const double* cm2,
-                      const double* cn, double coef, double floor_abs, double cmax, double* xt, int64_t* idx,
-                      int64_t* amb, int64_t* labels, double* sums, int64_t* counts, int64_t* stats) {
-  block_f64(x, c, b0, b1, D, K, cm2, cn, coef, floor_abs, cmax, xt, idx, amb, labels, sums, counts, stats);
+inline void run_block(const PassCtx<double>& ctx, int64_t b0, int64_t b1, Scratch<double>& sc, double* sums,
+                      int64_t* counts, int64_t* stats) {
+  block_f64(ctx, b0, b1, sc, sums, counts, stats);
 }
 
 template <typename T>
-std::tuple<int64_t, int64_t> lloyd_pass_impl(carray<T> x_arr, carray<T> c_arr, carray<int64_t> labels_arr,
-                                             carray<double> sums_arr, carray<int64_t> counts_arr, bool accumulate,
-                                             double unit_roundoff, int num_threads) {
+std::tuple<int64_t, int64_t, int64_t> lloyd_pass_impl(carray<T> x_arr, carray<T> c_arr, carray<int64_t> labels_arr,
+                                                      carray<double> sums_arr, carray<int64_t> counts_arr,
+                                                      bool accumulate, double unit_roundoff, py::object upper_obj,
+                                                      py::object lower_obj, py::object drift_obj, double drift_max,
+                                                      py::object half_sep_obj, int num_threads) {
   check_ndim(x_arr, 2, "x");
   check_ndim(c_arr, 2, "centers");
   const int64_t N = x_arr.shape(0), D64 = x_arr.shape(1), K = c_arr.shape(0);
@@ -319,14 +465,66 @@ std::tuple<int64_t, int64_t> lloyd_pass_impl(carray<T> x_arr, carray<T> c_arr, c
   if (std::is_same<T, float>::value && K >= (int64_t{1} << 31))
     throw std::invalid_argument("centers: at most 2^31 - 1 centres for float32");
   if (!(unit_roundoff > 0.0 && unit_roundoff < 1.0)) throw std::invalid_argument("unit_roundoff: expected (0, 1)");
+  carray<float> up_a, lo_a;
+  carray<double> dr_a, hs_a;
+  float* upper = nullptr;
+  float* lower = nullptr;
+  const double* drift = nullptr;
+  const double* half_sep = nullptr;
+  std::vector<double> zero_drift;
+  if (!upper_obj.is_none()) {
+    up_a = upper_obj.cast<carray<float>>();
+    lo_a = lower_obj.cast<carray<float>>();
+    for (auto* a : {&up_a, &lo_a}) {
+      const char* name = a == &up_a ? "upper" : "lower";
+      check_ndim(*a, 1, name);
+      check_dim(*a, 0, N, name);
+      check_writeable(*a, name);
+    }
+    upper = up_a.mutable_data();
+    lower = lo_a.mutable_data();
+    if (!drift_obj.is_none()) {
+      dr_a = drift_obj.cast<carray<double>>();
+      check_ndim(dr_a, 1, "drift");
+      check_dim(dr_a, 0, K, "drift");
+      drift = dr_a.data();
+    } else {
+      zero_drift.assign(K, 0.0);
+      drift = zero_drift.data();
+    }
+    if (!half_sep_obj.is_none()) {
+      hs_a = half_sep_obj.cast<carray<double>>();
+      check_ndim(hs_a, 1, "half_sep");
+      check_dim(hs_a, 0, K, "half_sep");
+      half_sep = hs_a.data();
+    }
+  } else if (!half_sep_obj.is_none()) {
+    throw std::invalid_argument("half_sep: needs the bounds upper and lower");
+  }
+  if (!(drift_max >= 0.0)) throw std::invalid_argument("drift_max: expected >= 0");
   const int D = static_cast<int>(D64);
-  const T* x = x_arr.data();
-  const T* c = c_arr.data();
-  int64_t* labels = labels_arr.mutable_data();
+  const int64_t* lab_in = labels_arr.data();
+  if (half_sep != nullptr)
+    for (int64_t i = 0; i < N; ++i)
+      if (lab_in[i] >= K) throw std::invalid_argument("labels: values must be < K (or -1) when bounds are used");
+
+  PassCtx<T> ctx;
+  ctx.x = x_arr.data();
+  ctx.c = c_arr.data();
+  ctx.N = N;
+  ctx.D = D;
+  ctx.K = K;
+  ctx.labels = labels_arr.mutable_data();
+  ctx.upper = upper;
+  ctx.lower = lower;
+  ctx.drift = drift;
+  ctx.drift_max = drift_max;
+  ctx.half_sep = half_sep;
+  ctx.accumulate = accumulate;
   double* sums = accumulate ? sums_arr.mutable_data() : nullptr;
   int64_t* counts = accumulate ? counts_arr.mutable_data() : nullptr;
 
-  int64_t changed = 0, rechecked = 0;
+  int64_t changed = 0, rechecked = 0, scanned = 0;
   {
     py::gil_scoped_release nogil;
     // centre tables for the screening: -2c and |c|^2 in T, max |c|^2
@@ -335,17 +533,22 @@ std::tuple<int64_t, int64_t> lloyd_pass_impl(carray<T> x_arr, carray<T> c_arr, c
     for (int64_t k = 0; k < K; ++k) {
       double nk = 0.0;
       for (int d = 0; d < D; ++d) {
-        const double v = static_cast<double>(c[k * D + d]);
+        const double v = static_cast<double>(ctx.c[k * D + d]);
         nk += v * v;
         cm2[k * D + d] = static_cast<T>(-2.0 * v);
       }
       cn[k] = static_cast<T>(nk);
       cmax = std::max(cmax, nk);
     }
+    ctx.cm2 = cm2.data();
+    ctx.cn = cn.data();
     // tolerance on the screened gap (see the file comment); |x|^2 is summed in T, hence 1.01
-    const T coef = static_cast<T>((8.0 * D + 16.0) * 1.01 * unit_roundoff);
-    const T floor_abs = static_cast<T>((8.0 * D + 16.0) * static_cast<double>(std::numeric_limits<T>::denorm_min()));
-    const T cmax_t = static_cast<T>(cmax * (1.0 + 4.0 * unit_roundoff));
+    ctx.coef_d = (8.0 * D + 16.0) * 1.01 * unit_roundoff;
+    ctx.floor_d = (8.0 * D + 16.0) * static_cast<double>(std::numeric_limits<T>::denorm_min());
+    ctx.cmax_d = cmax * (1.0 + 4.0 * unit_roundoff);
+    ctx.coef = static_cast<T>(ctx.coef_d);
+    ctx.floor_abs = static_cast<T>(ctx.floor_d);
+    ctx.cmax = static_cast<T>(ctx.cmax_d);
     if (accumulate) {
       std::fill(sums, sums + K * D, 0.0);
       std::fill(counts, counts + K, int64_t{0});
@@ -360,18 +563,17 @@ std::tuple<int64_t, int64_t> lloyd_pass_impl(carray<T> x_arr, carray<T> c_arr, c
     wave = std::min<int64_t>(std::max<int64_t>(wave, threads), std::max<int64_t>(nblocks, 1));
     std::vector<double> part_sums(static_cast<size_t>(wave) * (accumulate ? K * D : 0));
     std::vector<int64_t> part_counts(static_cast<size_t>(wave) * (accumulate ? K : 0));
-    std::vector<int64_t> part_stats(static_cast<size_t>(wave) * 2);
-    std::vector<std::vector<T>> xts(threads, std::vector<T>(static_cast<size_t>(D) * G));
-    std::vector<std::vector<typename VT<T>::I>> idxs(threads, std::vector<typename VT<T>::I>(G));
-    std::vector<std::vector<typename VT<T>::I>> ambs(threads, std::vector<typename VT<T>::I>(G));
+    std::vector<int64_t> part_stats(static_cast<size_t>(wave) * 3);
+    std::vector<Scratch<T>> scratch;
+    scratch.reserve(threads);
+    for (int t = 0; t < threads; ++t) scratch.emplace_back(D, G);
     for (int64_t w0 = 0; w0 < nblocks; w0 += wave) {
       const int64_t nw = std::min(wave, nblocks - w0);
       parallel_for_dynamic(nw, threads, [&](int64_t j) {
         const int tid = thread_id();
         const int64_t b0 = (w0 + j) * kBlock, b1 = std::min(N, b0 + kBlock);
-        run_block(x, c, b0, b1, D, K, cm2.data(), cn.data(), coef, floor_abs, cmax_t, xts[tid].data(),
-                  idxs[tid].data(), ambs[tid].data(), labels, accumulate ? part_sums.data() + j * K * D : nullptr,
-                  accumulate ? part_counts.data() + j * K : nullptr, part_stats.data() + 2 * j);
+        run_block(ctx, b0, b1, scratch[tid], accumulate ? part_sums.data() + j * K * D : nullptr,
+                  accumulate ? part_counts.data() + j * K : nullptr, part_stats.data() + 3 * j);
       });
       for (int64_t j = 0; j < nw; ++j) {
         if (accumulate) {
@@ -380,12 +582,13 @@ std::tuple<int64_t, int64_t> lloyd_pass_impl(carray<T> x_arr, carray<T> c_arr, c
           for (int64_t q = 0; q < K * D; ++q) sums[q] += ps[q];
           for (int64_t k = 0; k < K; ++k) counts[k] += pc[k];
         }
-        changed += part_stats[2 * j];
-        rechecked += part_stats[2 * j + 1];
+        changed += part_stats[3 * j];
+        rechecked += part_stats[3 * j + 1];
+        scanned += part_stats[3 * j + 2];
       }
     }
   }
-  return {changed, rechecked};
+  return {changed, rechecked, scanned};
 }
 
 // Exact float64 distance of every point to its assigned centre (reference order); written to
@@ -437,12 +640,20 @@ FASTORALS_REGISTER(kmeans, m) {
   m.def("lloyd_pass_f32", &lloyd_pass_impl<float>,
         "One Lloyd pass on float32 points x [N,D] and centres [K,D]: labels [N] int64 (in: previous, out: "
         "nearest centre, exact, ties to the lowest index); float64 sums [K,D] and int64 counts [K] when "
-        "accumulate; returns (number of changed labels, number of exact rechecks).",
+        "accumulate. Optional float32 distance bounds upper/lower [N], relative to the cumulative centre drift "
+        "[K] (float64) and its running maximum drift_max: |x - c_own| <= upper + drift[own], |x - c_k| >= lower "
+        "- drift_max; screened points get new bounds; with half_sep [K] (half the distance of each centre to its "
+        "nearest other centre) points whose bounds prove their centre unchanged are skipped. Returns (number of "
+        "changed labels, number of exact rechecks, number of points screened).",
         py::arg("x"), py::arg("centers"), py::arg("labels"), py::arg("sums"), py::arg("counts"),
-        py::arg("accumulate"), py::arg("unit_roundoff"), py::arg("num_threads"));
+        py::arg("accumulate"), py::arg("unit_roundoff"), py::arg("upper") = py::none(),
+        py::arg("lower") = py::none(), py::arg("drift") = py::none(), py::arg("drift_max") = 0.0,
+        py::arg("half_sep") = py::none(), py::arg("num_threads") = 0);
   m.def("lloyd_pass_f64", &lloyd_pass_impl<double>, "float64 version of lloyd_pass_f32.", py::arg("x"),
         py::arg("centers"), py::arg("labels"), py::arg("sums"), py::arg("counts"), py::arg("accumulate"),
-        py::arg("unit_roundoff"), py::arg("num_threads"));
+        py::arg("unit_roundoff"), py::arg("upper") = py::none(), py::arg("lower") = py::none(),
+        py::arg("drift") = py::none(), py::arg("drift_max") = 0.0, py::arg("half_sep") = py::none(),
+        py::arg("num_threads") = 0);
   m.def("assigned_dist_f32", &assigned_dist_impl<float>,
         "Exact float64 squared distance of each float32 point to its assigned centre, into dists [N] when given; "
         "returns their sum (deterministic order).",

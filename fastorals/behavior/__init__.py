@@ -28,10 +28,10 @@ Example:
 
 from . import reference
 from .baselines import MLPPolicy
+from .cluster import KMeansDiscretizer, KMeansResult, kmeans, kmeans_assign, kmeans_plusplus
 from .data import GOAL_MODES, PlayData, WindowSampler
 from .envs import MultiGoalArena, MultiPathEnv, multigoal_demos, multipath_demos
 from .head import BeTHead, BeTLoss, bet_loss, sample_actions
-from .kmeans import KMeansDiscretizer, KMeansResult, kmeans, kmeans_assign, kmeans_plusplus
 from .model import BehaviorTransformer, Normalizer
 from .train import Policy, rollout, train_policy
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from ..transformer import GPT, GPTConfig
+from .cluster import KMeansDiscretizer
 from .head import BeTHead, BeTLoss, bet_loss, sample_actions
-from .kmeans import KMeansDiscretizer
 
 __all__ = ["BehaviorTransformer", "Normalizer", "check_goal", "check_obs"]
 

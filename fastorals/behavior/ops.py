@@ -51,9 +51,12 @@ def _kmeans_ext():
     return mod
 
 
-@torch.library.custom_op("fastorals::behavior_lloyd_pass", mutates_args=("labels",), device_types="cpu")
+@torch.library.custom_op("fastorals::behavior_lloyd_pass", mutates_args=("labels", "upper", "lower"),
+                         device_types="cpu")
 def lloyd_pass_cpp(x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, accumulate: bool,
-                   unit_roundoff: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   unit_roundoff: float, upper: Optional[torch.Tensor] = None, lower: Optional[torch.Tensor] = None,
+                   drift: Optional[torch.Tensor] = None, drift_max: float = 0.0,
+                   half_sep: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One Lloyd pass in C++.
 
     Args:
@@ -61,9 +64,16 @@ def lloyd_pass_cpp(x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor,
         labels: ``(N,)`` int64, previous labels in, new labels out (-1: none before).
         accumulate: also compute the per-cluster sums and counts.
         unit_roundoff: of the screening arithmetic.
+        upper, lower: optional ``(N,)`` float32 distance bounds (Hamerly), relative to the drift:
+            ``|x - c_own| <= upper + drift[own]``, ``|x - c_k| >= lower - drift_max``; the pass
+            writes them for the points it screens.
+        drift: ``(K,)`` float64 cumulative distance each centre moved (zeros when None);
+        drift_max: cumulative sum of the per-update largest move.
+        half_sep: ``(K,)`` float64 half the distance from each centre to its nearest other centre;
+            with it, points whose bounds prove their centre unchanged are skipped (same labels).
     Returns:
         sums ``(K, D)`` float64, counts ``(K,)`` int64 (empty when not ``accumulate``), and
-        stats ``(2,)`` int64 = (labels changed, points rechecked exactly).
+        stats ``(3,)`` int64 = (labels changed, points rechecked exactly, points screened).
     """
     mod = _kmeans_ext()
     x = x.contiguous()
@@ -74,16 +84,37 @@ def lloyd_pass_cpp(x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor,
     fn = mod.lloyd_pass_f32 if x.dtype == torch.float32 else mod.lloyd_pass_f64
     s_np = sums.numpy() if accumulate else torch.zeros(K, D, dtype=torch.float64).numpy()
     c_np = counts.numpy() if accumulate else torch.zeros(K, dtype=torch.int64).numpy()
-    changed, rechecked = fn(x.numpy(), centers.numpy(), labels.numpy(), s_np, c_np, accumulate, unit_roundoff,
-                            torch.get_num_threads())
-    return sums, counts, torch.tensor([changed, rechecked], dtype=torch.int64)
+
+    def arr(t):
+        return None if t is None else t.numpy()
+
+    changed, rechecked, scanned = fn(x.numpy(), centers.numpy(), labels.numpy(), s_np, c_np, accumulate,
+                                     unit_roundoff, arr(upper), arr(lower), arr(drift), float(drift_max),
+                                     arr(half_sep), torch.get_num_threads())
+    return sums, counts, torch.tensor([changed, rechecked, scanned], dtype=torch.int64)
 
 
 @lloyd_pass_cpp.register_fake
-def _(x, centers, labels, accumulate, unit_roundoff):
+def _(x, centers, labels, accumulate, unit_roundoff, upper=None, lower=None, drift=None, drift_max=0.0,
+      half_sep=None):
     K, D = centers.shape
     return (x.new_empty(K if accumulate else 0, D, dtype=torch.float64),
-            x.new_empty(K if accumulate else 0, dtype=torch.int64), x.new_empty(2, dtype=torch.int64))
+            x.new_empty(K if accumulate else 0, dtype=torch.int64), x.new_empty(3, dtype=torch.int64))
+
+
+def centre_motion(old: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 ``(K,)`` upper bounds on how far each centre moved and lower bounds on half the
+    distance from each new centre to its nearest other centre (exact differences, outward slack)."""
+    o, n = old.double(), new.double()
+    shift = ((n - o) ** 2).sum(1).sqrt() * (1 + 1e-9) + 1e-300
+    K = n.shape[0]
+    if K == 1:
+        return shift.contiguous(), torch.full((1,), float("inf"), dtype=torch.float64, device=n.device)
+    diff = n[:, None, :] - n[None, :, :]
+    dist = (diff * diff).sum(-1).sqrt()
+    dist.fill_diagonal_(float("inf"))
+    half = 0.5 * dist.min(1).values * (1 - 1e-9)
+    return shift.contiguous(), half.contiguous()
 
 
 @torch.library.custom_op("fastorals::behavior_assigned_dist", mutates_args=(), device_types="cpu")
@@ -169,7 +200,7 @@ def _finish_pass(x: torch.Tensor, labels: torch.Tensor, new: torch.Tensor, K: in
     else:
         sums = x.new_zeros(0, D, dtype=torch.float64)
         counts = x.new_zeros(0, dtype=torch.int64)
-    return sums, counts, torch.tensor([changed, rechecked], dtype=torch.int64)
+    return sums, counts, torch.tensor([changed, rechecked, x.shape[0]], dtype=torch.int64)
 
 
 def lloyd_pass_triton(x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, accumulate: bool,

@@ -304,3 +304,33 @@ def test_custom_ops_opcheck():
     torch.library.opcheck(bops.lloyd_pass_cpp, (x, c, lab, True, 2.0**-24), test_utils=("test_schema", "test_faketensor"))
     lab2 = torch.zeros(50, dtype=torch.int64)
     torch.library.opcheck(bops.assigned_dist_cpp, (x, c, lab2, True))
+
+
+@pytest.mark.skipif(not _ext.HAS_EXT, reason="needs the C++ extension")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bounded_passes_give_the_same_result(monkeypatch, dtype):
+    """Force Hamerly-bounded passes from the second iteration on: identical labels and centres."""
+    import fastorals.behavior.cluster as km
+
+    g = torch.Generator().manual_seed(11)
+    centres = torch.randn(12, 3, generator=g, dtype=dtype) * 4
+    x = centres[torch.randint(0, 12, (5000,), generator=g)] + torch.randn(5000, 3, generator=g, dtype=dtype)
+    ref = _km("reference", x, 12, 25, seed=2, init="random")
+    monkeypatch.setattr(km, "BOUNDS_ON", 1.0)
+    monkeypatch.setattr(km, "BOUNDS_OFF", 2.0)
+    _same(_km("cpp", x, 12, 25, seed=2, init="random"), ref)
+    # the bounds do skip points once the assignment settles
+    N = x.shape[0]
+    lab = torch.full((N,), -1, dtype=torch.int64)
+    up, lo = torch.empty(N), torch.empty(N)
+    drift = torch.zeros(12, dtype=torch.float64)
+    c = ref.centers
+    bops.lloyd_pass_cpp(x, c, lab, False, 2.0**-53 if dtype == torch.float64 else 2.0**-24, up, lo, drift, 0.0)
+    c2 = c + 1e-3
+    motion, half = bops.centre_motion(c, c2)
+    lab2 = lab.clone()
+    _, _, stats = bops.lloyd_pass_cpp(x, c2, lab, False, 2.0**-24, up, lo, drift + motion, float(motion.max()), half)
+    assert int(stats[2]) < N // 4
+    plain = lab2.clone()
+    bops.lloyd_pass_cpp(x, c2, plain, False, 2.0**-24)
+    assert torch.equal(lab, plain) and torch.equal(lab, reference.assign_reference(x, c2)[0])

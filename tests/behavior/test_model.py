@@ -11,6 +11,15 @@ from fastorals.behavior import BehaviorTransformer, MLPPolicy, PlayData, train_p
 from fastorals.testing import assert_close, assert_raises
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models train fastest on one thread (and do not stall when the CPU is shared)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _tiny(goal_tokens=0, **kw):
     cfg = dict(num_bins=4, history=3, goal_tokens=goal_tokens, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
                kmeans_iters=10)
@@ -58,7 +67,7 @@ def test_state_dict_roundtrip():
     assert torch.equal(model.discretizer.centers, other.discretizer.centers)
 
 
-def test_offsets_recover_continuous_actions_on_noise_free_data():
+def test_offsets_recover_continuous_actions_on_noise_free_data(one_thread):
     """Four states, four continuous actions, two bins: the offsets must carry the rest exactly."""
     g = torch.Generator().manual_seed(0)
     states = torch.eye(4) * 2 - 1
@@ -77,7 +86,7 @@ def test_offsets_recover_continuous_actions_on_noise_free_data():
     assert_close(model.discretizer.decode(bins, res), actions)
 
 
-def test_bet_keeps_both_modes_where_mlp_averages():
+def test_bet_keeps_both_modes_where_mlp_averages(one_thread):
     g = torch.Generator().manual_seed(1)
     obs = torch.zeros(256, 2, 3)
     actions = torch.where(torch.rand(256, 1, 1, generator=g) < 0.5, 1.0, -1.0).expand(256, 2, 1).contiguous()

@@ -166,16 +166,29 @@ def _inertia(backend: str, x: torch.Tensor, c: torch.Tensor, labels: torch.Tenso
     return float(ops.assigned_dist_torch(x, c, labels).sum())
 
 
+# Bounded (Hamerly) passes pay per-point bookkeeping; they are used once few labels change.
+BOUNDS_ON = 0.01    # switch bounds on when at most this fraction of labels changed in a pass
+BOUNDS_OFF = 0.5    # and off again when a bounded pass still had to screen this fraction
+
+
 def _lloyd_fast(x, init, iters, reseed, tol, g, backend):
-    """Lloyd with fused passes: pass t assigns with centres c_t and sums for c_{t+1}."""
+    """Lloyd with fused passes: pass t assigns with centres c_t and sums for c_{t+1}.
+
+    On the CPU, once the assignment is nearly stable the C++ pass keeps Hamerly distance bounds
+    and skips the points whose centre provably cannot change; every backend and mode returns the
+    reference's labels.
+    """
     run = _pass_fn(backend)
     u = ops.unit_roundoff(x.dtype, x.device, gemm=backend == "torch")
     centers = init.clone()
-    N = x.shape[0]
+    N, K = x.shape[0], init.shape[0]
     labels = torch.full((N,), -1, dtype=torch.int64, device=x.device)
-    sums, counts, _ = run(x, centers, labels, True, u)
+    sums, counts, stats = run(x, centers, labels, True, u)
     tol_abs = tol * float(x.double().var(0, unbiased=False).mean()) if tol > 0 else 0.0
     n_iter, converged = 0, False
+    state = "plain"  # "plain" -> "store" (next pass writes bounds) -> "bounded"
+    upper = lower = drift = None
+    drift_max = 0.0
     for _ in range(iters):
         new = (sums / counts.clamp_min(1)[:, None].double()).to(x.dtype)
         n_reseeded = 0
@@ -183,9 +196,28 @@ def _lloyd_fast(x, init, iters, reseed, tol, g, backend):
             dists = _assigned_dist(backend, x, centers, labels)
             n_reseeded = reseed_empty(x, new, counts, dists, reseed, g).numel()
         shift = float(((new.double() - centers.double()) ** 2).sum())
-        centers = new
+        if state == "bounded":
+            motion, half_sep = ops.centre_motion(centers, new)
+            drift += motion
+            drift_max += float(motion.max()) * (1 + 1e-12)
+            centers = new
+            sums, counts, stats = run(x, centers, labels, True, u, upper, lower, drift, drift_max, half_sep)
+            if int(stats[2]) > BOUNDS_OFF * N:
+                state = "plain"
+        elif state == "store":
+            upper = torch.empty(N, dtype=torch.float32)
+            lower = torch.empty(N, dtype=torch.float32)
+            drift = torch.zeros(K, dtype=torch.float64)
+            drift_max = 0.0
+            centers = new
+            sums, counts, stats = run(x, centers, labels, True, u, upper, lower, drift, drift_max)
+            state = "bounded"
+        else:
+            centers = new
+            sums, counts, stats = run(x, centers, labels, True, u)
+            if backend == "cpp" and int(stats[0]) <= BOUNDS_ON * N:
+                state = "store"
         n_iter += 1
-        sums, counts, stats = run(x, centers, labels, True, u)
         if (int(stats[0]) == 0 and n_reseeded == 0) or (tol > 0 and shift <= tol_abs):
             converged = True
             break
