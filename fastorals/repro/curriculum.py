@@ -194,6 +194,8 @@ def _train(cfg: dict[str, Any], train: data.ImageDataset, loss_name: str, use_cu
 def _plot(results: dict[str, Any], histories: dict[str, torch.Tensor], counts: torch.Tensor, source: str, mode: str,
           cfg: dict[str, Any], out_dir: str) -> None:
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(7, 3.6))
     keys = ["many", "medium", "few", "all"]
     width = 0.2
@@ -208,12 +210,16 @@ def _plot(results: dict[str, Any], histories: dict[str, torch.Tensor], counts: t
     savefig(fig, out_dir, "curriculum.png")
 
     if histories:
-        fig, axes = plt.subplots(1, len(histories), figsize=(5 * len(histories), 3.8), squeeze=False)
+        fig, axes = plt.subplots(1, len(histories), figsize=(5.6 * len(histories), 3.8), squeeze=False)
         for ax, (name, h) in zip(axes[0], histories.items()):
             im = ax.imshow(h.t().numpy(), aspect="auto", origin="upper", cmap="viridis", vmin=0,
                            vmax=int(cfg.get("max_level", 10)), interpolation="nearest")
-            ax.set_xlabel("epoch")
+            ax.set_xlabel("epoch (levels used during it)")
             ax.set_ylabel(f"class (head -> tail; n = {int(counts[0])} ... {int(counts[-1])})")
             ax.set_title(f"{name}: level per class", fontsize=9)
+            c = h.shape[1]
+            ax.set_yticks(list(range(0, c, max(1, c // 10))))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             fig.colorbar(im, ax=ax, label="level")
+        fig.tight_layout()
         savefig(fig, out_dir, "curriculum_levels.png")
