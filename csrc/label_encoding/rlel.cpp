@@ -166,6 +166,12 @@ static inline void r1_row_backward_any(const double* zT, const double* y, int64_
   r1_row_backward_f64(zT, y, i, B, M, scale, d, gT);
 }
 
+// One thread per ~256k pair-bit operations: below that a team's wake-up costs more than it saves.
+static inline int64_t r1_useful_threads(int64_t B, int64_t M) {
+  const int64_t work = B * B / 2 * (M > 0 ? M : 1);
+  return std::max<int64_t>(1, work >> 18);
+}
+
 static void check_r1_args(const py::array& zT, const py::array& y, const char* zname) {
   check_ndim(zT, 2, zname);
   check_ndim(y, 1, "labels");
@@ -182,7 +188,7 @@ static double r1_forward(carray<T> zT, carray<T> y, double scale, int num_thread
   const T sc = static_cast<T>(scale);
   py::gil_scoped_release nogil;
   if (B < 2) return 0.0;
-  const int T_ = clamp_threads(num_threads, B);
+  const int T_ = clamp_threads(num_threads, r1_useful_threads(B, M));
   std::vector<double> partial(static_cast<size_t>(T_) * 8, 0.0);  // padded against false sharing
   std::vector<std::vector<T>> scratch(T_, std::vector<T>(static_cast<size_t>(B)));
   // rows i have B - 1 - i pairs: dynamic schedule over blocks of rows balances the triangle
@@ -217,7 +223,7 @@ static void r1_backward(carray<T> zT, carray<T> y, double scale, double coef, ca
   py::gil_scoped_release nogil;
   std::fill(gp, gp + B * M, T(0));
   if (B < 2 || M == 0) return;
-  const int T_ = clamp_threads(num_threads, B);
+  const int T_ = clamp_threads(num_threads, r1_useful_threads(B, M));
   // one transposed accumulator per thread: the symmetric update touches rows j of other blocks
   std::vector<std::vector<T>> acc(T_, std::vector<T>(static_cast<size_t>(B * M), T(0)));
   std::vector<std::vector<T>> scratch(T_, std::vector<T>(static_cast<size_t>(B)));
@@ -413,7 +419,7 @@ static void ce_forward(carray<T> scores, carray<T> levels, carray<T> y, double l
   T *cp = ce.mutable_data(), *ep = ev.mutable_data(), *op = lse.mutable_data(), *ap = lsea.mutable_data();
   const T its = static_cast<T>(inv_ts);
   py::gil_scoped_release nogil;
-  parallel_chunks(B, clamp_threads(num_threads, (B * Q) / 8192 + 1), [&](int64_t b0, int64_t b1, int) {
+  parallel_chunks(B, clamp_threads(num_threads, (B * Q) / 32768 + 1), [&](int64_t b0, int64_t b1, int) {
     ce_rows_forward_any(sp, lp, yp, b0, b1, Q, lo, step, its, cp, ep, op, ap);
   });
 }
@@ -437,7 +443,7 @@ static void ce_backward(carray<T> grad_scores, carray<T> levels, carray<T> y, do
   const T *op = lse.data(), *ap = lsea.data(), *ep = ev.data(), *gc = gce.data(), *ge = gev.data();
   const T its = static_cast<T>(inv_ts);
   py::gil_scoped_release nogil;
-  parallel_chunks(B, clamp_threads(num_threads, (B * Q) / 8192 + 1), [&](int64_t b0, int64_t b1, int) {
+  parallel_chunks(B, clamp_threads(num_threads, (B * Q) / 32768 + 1), [&](int64_t b0, int64_t b1, int) {
     ce_rows_backward_any(sd, lp, yp, b0, b1, Q, its, op, ap, ep, gc, ge);
   });
 }
