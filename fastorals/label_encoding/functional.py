@@ -253,8 +253,8 @@ def rlel_loss(
     labels: Tensor,
     label_range: RangeLike,
     *,
-    alpha: float = 1e-3,
-    beta: float = 1e-2,
+    alpha: float = 1e-4,
+    beta: float = 1e-4,
     temperature: float = 1.0,
     margin: float = 2.0,
     return_terms: bool = False,
@@ -279,7 +279,7 @@ def rlel_loss(
         Scalar loss, or RLELTerms.
 
     Example:
-        >>> loss = rlel_loss(z, D, y, (-75, 75), alpha=1e-3, beta=1e-2)
+        >>> loss = rlel_loss(z, D, y, (-75, 75), alpha=1e-4, beta=1e-4)
         >>> loss.backward()
     """
     z = _check_float_tensor(z, "z", 2)

@@ -27,7 +27,7 @@ from torch import Tensor
 from .._ext import ext_topic
 
 # elements of the largest temporary the chunked torch R1 backward may allocate
-R1_CHUNK_ELEMENTS = 1 << 22
+R1_CHUNK_ELEMENTS = 1 << 20
 
 
 def _ext():
@@ -154,8 +154,18 @@ r1_chunked.register_autograd(_r1_chunked_bwd, setup_context=_r1_setup)
 # ============================================================================ fused CE: torch algebra
 
 
+_LEVELS_CACHE: dict[tuple, Tensor] = {}
+
+
 def _levels(lo: float, step: float, Q: int, like: Tensor) -> Tensor:
-    return lo + step * torch.arange(Q, dtype=like.dtype, device=like.device)
+    """lo + step * arange(Q) in like's dtype/device (the reference's expression), cached per grid."""
+    key = (lo, step, Q, like.dtype, like.device)
+    lv = _LEVELS_CACHE.get(key)
+    if lv is None:
+        if len(_LEVELS_CACHE) > 64:
+            _LEVELS_CACHE.clear()
+        lv = _LEVELS_CACHE[key] = lo + step * torch.arange(Q, dtype=like.dtype, device=like.device)
+    return lv
 
 
 # Softmax weights below e^-60 are set to e^-60 rather than computed: in a sum whose largest term

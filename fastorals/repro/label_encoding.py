@@ -1,11 +1,12 @@
 """RLEL reproduction: MAE of learned label encodings vs direct regression, multiclass and BEL codes.
 
-Two offline regression tasks, every method with the same backbone, optimizer, schedule, batch
+Offline regression tasks, every method with the same backbone, optimizer, schedule, batch
 size and number of steps, several seeds:
 
 * ``rotated-shapes``: angle in [-75, 75] degrees of a rendered shape (see
   :func:`fastorals.label_encoding.rotated_shapes`), a small CNN backbone, 151 one-degree levels.
-* ``diabetes``: scikit-learn's bundled 442-patient set (10 features), an MLP backbone.
+* ``diabetes`` (scikit-learn's bundled 442-patient set) and ``friedman1`` (scikit-learn's procedural
+  Friedman #1 benchmark), 10 features each, an MLP backbone, 65 levels.
 
 Methods: RLEL (learned codes, CE + alpha R1 + beta R2, expected-value decoding), direct regression
 with L1 and L2 losses, multiclass classification over the levels, BEL with fixed unary, Johnson
@@ -45,21 +46,36 @@ RLEL_KW = {"alpha": 1e-4, "beta": 1e-4, "num_bits": 32}
 
 CONFIG: dict[str, dict[str, Any]] = {
     "smoke": {
-        "image": dict(size=16, n_train=512, n_test=256, epochs=1, batch=64, lr=2e-3, width=8, seeds=[0],
-                      methods=("rlel", "direct-l1", "multiclass", "bel-johnson"), levels=151),
-        "tabular": dict(epochs=3, batch=64, lr=3e-3, seeds=[0], methods=("rlel", "direct-l1"), levels=65),
+        "rotated-shapes": dict(size=16, n_train=512, n_test=256, epochs=1, batch=64, lr=2e-3, width=8, seeds=[0],
+                               methods=("rlel", "direct-l1", "multiclass", "bel-johnson"), levels=151),
+        "diabetes": dict(epochs=3, batch=32, lr=3e-3, seeds=[0], methods=("rlel", "direct-l1"), levels=65),
     },
     "quick": {
-        "image": dict(size=16, n_train=10_000, n_test=2_000, epochs=4, batch=64, lr=2e-3, width=16, seeds=[0, 1, 2],
-                      methods=METHODS, levels=151),
-        "tabular": dict(epochs=200, batch=32, lr=3e-3, seeds=[0, 1, 2, 3, 4], methods=METHODS, levels=65),
+        "rotated-shapes": dict(size=16, n_train=16_000, n_test=2_000, epochs=10, batch=64, lr=2e-3, width=16,
+                               seeds=[0, 1, 2], methods=METHODS, levels=151),
+        "diabetes": dict(epochs=40, batch=32, lr=3e-3, seeds=[0, 1, 2, 3, 4], methods=METHODS, levels=65),
+        "friedman1": dict(n_samples=2000, epochs=40, batch=32, lr=3e-3, seeds=[0, 1, 2, 3, 4], methods=METHODS,
+                          levels=65),
     },
     "full": {
-        "image": dict(size=24, n_train=40_000, n_test=5_000, epochs=12, batch=64, lr=2e-3, width=24,
-                      seeds=[0, 1, 2, 3, 4], methods=METHODS, levels=151),
-        "tabular": dict(epochs=300, batch=32, lr=3e-3, seeds=list(range(10)), methods=METHODS, levels=65),
+        "rotated-shapes": dict(size=24, n_train=40_000, n_test=5_000, epochs=12, batch=64, lr=2e-3, width=24,
+                               seeds=[0, 1, 2, 3, 4], methods=METHODS, levels=151),
+        "diabetes": dict(epochs=40, batch=32, lr=3e-3, seeds=list(range(10)), methods=METHODS, levels=65),
+        "friedman1": dict(n_samples=5000, epochs=60, batch=32, lr=3e-3, seeds=list(range(10)), methods=METHODS,
+                          levels=65),
     },
 }
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads): a load-independent measure of the work done."""
+    try:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        return float("nan")
 
 
 def small_cnn(size: int, width: int) -> nn.Module:
@@ -136,18 +152,21 @@ def _table(name: str, summary: dict[str, dict[str, float]]) -> str:
     return "\n".join(rows)
 
 
+def _splits(task: str, cfg: dict[str, Any], seed: int):
+    if task == "rotated-shapes":
+        return rotated_shape_splits(cfg["n_train"], cfg["n_test"], size=cfg["size"], seed=seed)
+    return load_tabular(task, seed=seed, n_samples=cfg.get("n_samples", 2000))
+
+
 def _run_task(task: str, cfg: dict[str, Any], seed0: int, log: list[str]) -> dict[str, Any]:
     per_seed: dict[str, list[dict[str, Any]]] = {m: [] for m in cfg["methods"]}
     codes = None
     for s in cfg["seeds"]:
         seed = seed0 + s
-        if task == "rotated-shapes":
-            splits = rotated_shape_splits(cfg["n_train"], cfg["n_test"], size=cfg["size"], seed=seed)
-        else:
-            splits = load_tabular("diabetes", seed=seed)
+        splits = _splits(task, cfg, seed)
         for m in cfg["methods"]:
             torch.manual_seed(1000 * seed + 7)
-            backbone = small_cnn(cfg["size"], cfg["width"]) if task == "rotated-shapes" else mlp(10)
+            backbone = small_cnn(cfg["size"], cfg["width"]) if task == "rotated-shapes" else mlp(splits.train.inputs.shape[1])
             r = _train_eval(m, backbone, splits, cfg, seed)
             if "codes" in r:
                 c = r.pop("codes")
@@ -157,6 +176,13 @@ def _run_task(task: str, cfg: dict[str, Any], seed0: int, log: list[str]) -> dic
     summary = _summary(per_seed)
     return {"per_seed": per_seed, "summary": summary, "relative": _relative(summary),
             "table": _table(task, summary), "codes": codes, "config": {k: v for k, v in cfg.items()}}
+
+
+def _sign_transitions(codes: torch.Tensor) -> dict[str, float]:
+    """How often each learned bit changes sign along the label axis (binarized code structure)."""
+    signs = codes > codes.mean(dim=1, keepdim=True)
+    flips = (signs[:, 1:] != signs[:, :-1]).sum(dim=1).float()
+    return {"mean": float(flips.mean()), "max": float(flips.max()), "min": float(flips.min())}
 
 
 def _plot_codes(codes: torch.Tensor, label_range: tuple[float, float], out_dir: str, name: str) -> str:
@@ -187,20 +213,24 @@ def _plot_codes(codes: torch.Tensor, label_range: tuple[float, float], out_dir: 
 @register("label_encoding", "RLEL vs direct regression, multiclass and BEL codes: MAE on rotated shapes and diabetes")
 def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
     cfg = CONFIG[mode]
-    t0 = time.perf_counter()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     log: list[str] = []
     results: dict[str, Any] = {"mode": mode, "rlel_settings": dict(RLEL_KW), "tasks": {}}
-    for task, key in (("rotated-shapes", "image"), ("diabetes", "tabular")):
-        res = _run_task(task, cfg[key], seed, log)
+    for task, tcfg in cfg.items():
+        tt, tc = time.perf_counter(), _cpu_seconds()
+        res = _run_task(task, tcfg, seed, log)
+        res["wall_s"], res["cpu_s"] = round(time.perf_counter() - tt, 1), round(_cpu_seconds() - tc, 1)
         codes = res.pop("codes")
         if codes is not None:
-            rng = (-75.0, 75.0) if task == "rotated-shapes" else load_tabular("diabetes", seed=seed).label_range
+            rng = _splits(task, dict(tcfg, n_train=1, n_test=1), seed).label_range
             res["codes_plot"] = _plot_codes(codes, rng, out_dir, f"label_encoding_codes_{task}.png")
+            res["learned_code_bit_transitions"] = _sign_transitions(codes)
         results["tasks"][task] = res
     results["tables"] = "\n\n".join(r["table"] for r in results["tasks"].values())
     results["log"] = log
     results["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    results["cpu_s"] = round(_cpu_seconds() - c0, 1)
+    results["threads"] = torch.get_num_threads()
     notes = []
     for task, r in results["tasks"].items():
         rel = r["relative"]
