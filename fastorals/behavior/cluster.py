@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -59,10 +60,14 @@ def _check_points(x: torch.Tensor, name: str = "x") -> torch.Tensor:
     return x
 
 
-def _magnitude_ok(x: torch.Tensor, c: torch.Tensor) -> bool:
-    """Squared distances and their screening stay finite in x's dtype."""
-    big = float(x.abs().max()) + float(c.abs().max())
-    return big * big * x.shape[1] * 64 < float(torch.finfo(x.dtype).max)
+def _magnitude_ok(big: float, d: int, dtype: torch.dtype) -> bool:
+    """Squared distances and their screening stay finite in ``dtype`` for ``max|x| + max|c| = big``."""
+    return big * big * d * 64 < float(torch.finfo(dtype).max)
+
+
+def _max_abs(t: torch.Tensor) -> float:
+    lo, hi = torch.aminmax(t)
+    return max(-float(lo), float(hi))
 
 
 def _generator(seed: int, generator: Optional[torch.Generator]) -> torch.Generator:
@@ -166,6 +171,26 @@ def _inertia(backend: str, x: torch.Tensor, c: torch.Tensor, labels: torch.Tenso
     return float(ops.assigned_dist_torch(x, c, labels).sum())
 
 
+def _means(sums: torch.Tensor, counts: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
+    """New centres (float64 means cast to ``dtype``; empty clusters get 0) and whether any is empty.
+
+    The K x D arithmetic runs in NumPy for CPU tensors: a few microseconds, no thread pool (tiny
+    PyTorch ops can stall for milliseconds on a busy machine); the rounding is the same IEEE
+    division and cast as the reference's.
+    """
+    if sums.device.type == "cpu":
+        c = counts.numpy()
+        new = sums.numpy() / np.maximum(c, 1)[:, None]
+        return torch.from_numpy(new.astype(torch.empty(0, dtype=dtype).numpy().dtype)), bool((c == 0).any())
+    return (sums / counts.clamp_min(1)[:, None].double()).to(dtype), bool((counts == 0).any())
+
+
+def _sq_shift(new: torch.Tensor, old: torch.Tensor) -> float:
+    if new.device.type == "cpu":
+        return float(((new.numpy().astype(np.float64) - old.numpy().astype(np.float64)) ** 2).sum())
+    return float(((new.double() - old.double()) ** 2).sum())
+
+
 # Bounded (Hamerly) passes pay per-point bookkeeping; they are used once few labels change.
 BOUNDS_ON = 0.01    # switch bounds on when at most this fraction of labels changed in a pass
 BOUNDS_OFF = 0.5    # and off again when a bounded pass still had to screen this fraction
@@ -190,12 +215,12 @@ def _lloyd_fast(x, init, iters, reseed, tol, g, backend):
     upper = lower = drift = None
     drift_max = 0.0
     for _ in range(iters):
-        new = (sums / counts.clamp_min(1)[:, None].double()).to(x.dtype)
+        new, any_empty = _means(sums, counts, x.dtype)
         n_reseeded = 0
-        if bool((counts == 0).any()):
+        if any_empty:
             dists = _assigned_dist(backend, x, centers, labels)
             n_reseeded = reseed_empty(x, new, counts, dists, reseed, g).numel()
-        shift = float(((new.double() - centers.double()) ** 2).sum())
+        shift = _sq_shift(new, centers) if tol > 0 else 0.0
         if state == "bounded":
             motion, half_sep = ops.centre_motion(centers, new)
             drift += motion
@@ -295,10 +320,11 @@ def kmeans(
         raise ValueError(f"init: expected one of {INITS} or a ({k}, {D}) tensor, got {init!r}")
     backend = _ext.select_backend("kmeans", x.device, IMPLEMENTED)
     xw, cw = x, centers0
-    if x.dtype == torch.float32 and not _magnitude_ok(x, centers0):
-        xw, cw = x.double(), centers0.double()  # squares would overflow float32 screening
-    elif not _magnitude_ok(xw.double(), cw.double()):
+    big = _max_abs(x) + _max_abs(centers0)
+    if not _magnitude_ok(big, D, torch.float64):
         raise ValueError("x: values too large for squared distances in float64 (max |x| ~ 1e150)")
+    if x.dtype == torch.float32 and not _magnitude_ok(big, D, torch.float32):
+        xw, cw = x.double(), centers0.double()  # squares would overflow float32 screening
     if backend == "reference":
         c, labels, inertia, n_iter, conv = lloyd_reference(xw, cw, iters, reseed=reseed, tol=tol, generator=g)
     else:
@@ -322,7 +348,10 @@ def kmeans_assign(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"centers: expected device {x.device}, got {centers.device}")
     dtype = torch.float64 if torch.float64 in (x.dtype, centers.dtype) else torch.float32
     xw, cw = x.to(dtype).contiguous(), centers.to(dtype).contiguous()
-    if dtype == torch.float32 and not _magnitude_ok(xw, cw):
+    big = _max_abs(xw) + _max_abs(cw)
+    if not _magnitude_ok(big, x.shape[1], torch.float64):
+        raise ValueError("x: values too large for squared distances in float64 (max |x| ~ 1e150)")
+    if dtype == torch.float32 and not _magnitude_ok(big, x.shape[1], torch.float32):
         xw, cw = xw.double(), cw.double()
     backend = _ext.select_backend("kmeans_assign", x.device, IMPLEMENTED)
     if backend == "reference":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .. import _ext
@@ -105,9 +106,17 @@ def _(x, centers, labels, accumulate, unit_roundoff, upper=None, lower=None, dri
 def centre_motion(old: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 ``(K,)`` upper bounds on how far each centre moved and lower bounds on half the
     distance from each new centre to its nearest other centre (exact differences, outward slack)."""
+    K = new.shape[0]
+    if new.device.type == "cpu":  # NumPy: tiny arrays, no thread pool
+        o, n = old.numpy().astype(np.float64), new.numpy().astype(np.float64)
+        shift_np = np.sqrt(((n - o) ** 2).sum(1)) * (1 + 1e-9) + 1e-300
+        if K == 1:
+            return torch.from_numpy(shift_np), torch.full((1,), float("inf"), dtype=torch.float64)
+        dist_np = np.sqrt(((n[:, None, :] - n[None, :, :]) ** 2).sum(-1))
+        np.fill_diagonal(dist_np, np.inf)
+        return torch.from_numpy(shift_np), torch.from_numpy(0.5 * dist_np.min(1) * (1 - 1e-9))
     o, n = old.double(), new.double()
     shift = ((n - o) ** 2).sum(1).sqrt() * (1 + 1e-9) + 1e-300
-    K = n.shape[0]
     if K == 1:
         return shift.contiguous(), torch.full((1,), float("inf"), dtype=torch.float64, device=n.device)
     diff = n[:, None, :] - n[None, :, :]
