@@ -264,7 +264,7 @@ def _r1_fwd_kernel(Z, Y, P, B, M, s_zb, s_zm, scale, n_j,
 
 
 @triton.jit
-def _r1_bwd_kernel(Z, Y, GOUT, G, B, M, s_zb, s_zm, scale,
+def _r1_bwd_kernel(Z, Y, GOUT, G, B, M, s_zb, s_zm, scale, neg2_over_b,
                    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_i = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -296,8 +296,7 @@ def _r1_bwd_kernel(Z, Y, GOUT, G, B, M, s_zb, s_zm, scale,
         diff = zi_o[:, None, :] - zj_o[None, :, :]
         sgn = tl.where(diff > 0, 1.0, tl.where(diff < 0, -1.0, 0.0))
         acc += tl.sum(a[:, :, None] * sgn, axis=1)
-    gout = tl.load(GOUT).to(tl.float32)
-    coef = gout * (-2.0 / B.to(tl.float32))
+    coef = tl.load(GOUT).to(tl.float32) * neg2_over_b  # d R1 / d z_i = -(2/B) sum_j a_ij sign(z_i - z_j)
     tl.store(G + ii[:, None] * M + ko[None, :], acc * coef, mask=imask[:, None] & komask[None, :])
 
 
@@ -326,7 +325,7 @@ def r1_triton_backward(grad: Tensor, z: Tensor, labels: Tensor, scale: float) ->
     g = torch.zeros((B, M), dtype=torch.float32, device=z.device)
     if B > 0 and M > 0:
         wrap_triton(_r1_bwd_kernel)[(triton.cdiv(B, _R1_BI), triton.cdiv(M, _R1_BK))](
-            z, labels, grad, g, B, M, z.stride(0), z.stride(1), float(scale),
+            z, labels, grad, g, B, M, z.stride(0), z.stride(1), float(scale), -2.0 / B,
             BLOCK_I=_R1_BI, BLOCK_J=_R1_BJ, BLOCK_K=_R1_BK)
     return g.to(z.dtype)
 
