@@ -37,17 +37,21 @@ namespace {
 
 constexpr int64_t kRowBlock = 64;  // rows per reduction block (deterministic order)
 
-// exp for x <= 0 in float (x = z - max): Cody-Waite reduction + degree-6 polynomial, ~1 ulp.
-// Results below the normal range flush to 0 (torch gives a denormal < 1.2e-38 there).
-FASTORALS_CLONES
-void exp_shifted_f32(const float* FASTORALS_RESTRICT z, float zmax, float* FASTORALS_RESTRICT out, int64_t n) {
+// exp(z_i - zmax) for a row, stored in out; returns the sum of the stored values.
+// float: Cody-Waite reduction (round to nearest via the 1.5 * 2^23 trick, no libm call) and a
+// degree-6 polynomial, ~1 ulp; arguments below -87 give 0 (torch: a denormal < 1.2e-38).
+inline __attribute__((always_inline)) double exp_row(const float* FASTORALS_RESTRICT z, float zmax,
+                                                     float* FASTORALS_RESTRICT out, int64_t n) {
   const float log2e = 1.44269504088896341f;
   const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-#pragma omp simd
+  const float magic = 12582912.0f;  // 1.5 * 2^23
+  float se = 0.0f;  // lane-wise float partial sums (relative error ~ sqrt(K) u, like a float32 logsumexp)
+#pragma omp simd reduction(+ : se)
   for (int64_t i = 0; i < n; ++i) {
-    float x = z[i] - zmax;
-    x = x < -87.0f ? -87.0f : x;
-    const float fn = __builtin_floorf(x * log2e + 0.5f);
+    const float x0 = z[i] - zmax;
+    const float x = x0 < -87.0f ? -87.0f : x0;
+    const float t = x * log2e + magic;
+    const float fn = t - magic;  // round(x * log2e)
     float r = x - fn * ln2_hi;
     r = r - fn * ln2_lo;
     float p = 1.9875691500e-4f;
@@ -57,17 +61,25 @@ void exp_shifted_f32(const float* FASTORALS_RESTRICT z, float zmax, float* FASTO
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t e = static_cast<int32_t>(fn) + 127;
-    int32_t bits = e << 23;
+    int32_t tb;
+    std::memcpy(&tb, &t, sizeof(tb));
+    const int32_t bits = (tb - 0x4B400000 + 127) << 23;  // 2^round(x * log2e)
     float scale;
     std::memcpy(&scale, &bits, sizeof(scale));
-    out[i] = z[i] - zmax < -87.0f ? 0.0f : p * scale;
+    const float v = x0 < -87.0f ? 0.0f : p * scale;
+    out[i] = v;
+    se += v;
   }
+  return static_cast<double>(se);
 }
 
-inline void exp_shifted(const float* z, float zmax, float* out, int64_t n) { exp_shifted_f32(z, zmax, out, n); }
-inline void exp_shifted(const double* z, double zmax, double* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = std::exp(z[i] - zmax);
+inline __attribute__((always_inline)) double exp_row(const double* z, double zmax, double* out, int64_t n) {
+  double se = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = std::exp(z[i] - zmax);
+    se += out[i];
+  }
+  return se;
 }
 
 // (1 - p)^gamma and gamma p (1 - p)^(gamma - 1) log p, with the limits at p = 1.
@@ -89,6 +101,81 @@ inline void focal_terms(double p, double logp, double gamma, double* pow_g, doub
     *pow_g = std::pow(q, gamma);
     *dterm = gamma * p * std::pow(q, gamma - 1.0) * logp;
   }
+}
+
+template <typename T>
+struct LossArgs {
+  const T* z;
+  const T* o;
+  const int64_t* bins;
+  const T* r;
+  const T* w;
+  T* gl;
+  T* gr;
+  int64_t M, K, A;
+  double gamma, inv_total;
+};
+
+// Rows [m0, m1): loss sums (focal, mse) and, when gl != nullptr, the gradients.
+template <typename T>
+inline __attribute__((always_inline)) void rows_impl(const LossArgs<T>& a, int64_t m0, int64_t m1, T* scratch,
+                                                     double* fsum_out, double* msum_out) {
+  const int64_t K = a.K, A = a.A;
+  double fsum = 0.0, msum = 0.0;
+  for (int64_t m = m0; m < m1; ++m) {
+    const T* zm = a.z + m * K;
+    T* e = a.gl != nullptr ? a.gl + m * K : scratch;
+    T zmax = zm[0];
+#pragma omp simd reduction(max : zmax)
+    for (int64_t k = 0; k < K; ++k) zmax = zm[k] > zmax ? zm[k] : zmax;
+    const double se = exp_row(zm, zmax, e, K);
+    const int64_t t = a.bins[m];
+    const double logp = static_cast<double>(zm[t]) - static_cast<double>(zmax) - std::log(se);
+    const double p = std::exp(logp);
+    double pow_g, dterm;
+    focal_terms(p, logp, a.gamma, &pow_g, &dterm);
+    const double wm = a.w != nullptr ? static_cast<double>(a.w[m]) : 1.0;
+    fsum += wm * (-pow_g * logp);
+    const T* ot = a.o + (m * K + t) * A;
+    const T* rm = a.r + m * A;
+    double sq = 0.0;
+    for (int64_t j = 0; j < A; ++j) {
+      const double dlt = static_cast<double>(ot[j]) - static_cast<double>(rm[j]);
+      sq += dlt * dlt;
+    }
+    msum += wm * sq / static_cast<double>(A);
+    if (a.gl != nullptr) {
+      const double G = dterm - pow_g;  // d focal / d z_k = (delta_kt - s_k) G
+      const double scale = wm * a.inv_total;
+      const T cs = static_cast<T>(-G * scale / se);  // -s_k G scale = e_k * cs
+#pragma omp simd
+      for (int64_t k = 0; k < K; ++k) e[k] = e[k] * cs;
+      e[t] = static_cast<T>(static_cast<double>(e[t]) + G * scale);
+      const double c2 = 2.0 * scale / static_cast<double>(A);
+      T* gm = a.gr + m * A;
+      for (int64_t j = 0; j < A; ++j)
+        gm[j] = static_cast<T>(c2 * (static_cast<double>(ot[j]) - static_cast<double>(rm[j])));
+    }
+  }
+  *fsum_out = fsum;
+  *msum_out = msum;
+}
+
+FASTORALS_CLONES
+void rows_f32(const LossArgs<float>& a, int64_t m0, int64_t m1, float* scratch, double* f, double* s) {
+  rows_impl<float>(a, m0, m1, scratch, f, s);
+}
+
+FASTORALS_CLONES
+void rows_f64(const LossArgs<double>& a, int64_t m0, int64_t m1, double* scratch, double* f, double* s) {
+  rows_impl<double>(a, m0, m1, scratch, f, s);
+}
+
+inline void rows(const LossArgs<float>& a, int64_t m0, int64_t m1, float* sc, double* f, double* s) {
+  rows_f32(a, m0, m1, sc, f, s);
+}
+inline void rows(const LossArgs<double>& a, int64_t m0, int64_t m1, double* sc, double* f, double* s) {
+  rows_f64(a, m0, m1, sc, f, s);
 }
 
 template <typename T>
@@ -145,50 +232,12 @@ std::tuple<double, double> bet_loss_impl(carray<T> logits_a, carray<T> offsets_a
   {
     py::gil_scoped_release nogil;
     const int threads = clamp_threads(num_threads, std::max<int64_t>(nblocks, 1));
+    const LossArgs<T> args{z, o, bins, r, w, gl, gr, M, K, A, gamma, inv_total};
     parallel_chunks(nblocks, threads, [&](int64_t blo, int64_t bhi, int) {
       std::vector<T> scratch(gl == nullptr ? K : 0);
-      for (int64_t blk = blo; blk < bhi; ++blk) {
-        double fsum = 0.0, msum = 0.0;
-        const int64_t m1 = std::min(M, (blk + 1) * kRowBlock);
-        for (int64_t m = blk * kRowBlock; m < m1; ++m) {
-          const T* zm = z + m * K;
-          T* e = gl != nullptr ? gl + m * K : scratch.data();
-          T zmax = zm[0];
-          for (int64_t k = 1; k < K; ++k) zmax = zm[k] > zmax ? zm[k] : zmax;
-          exp_shifted(zm, zmax, e, K);
-          double se = 0.0;
-          for (int64_t k = 0; k < K; ++k) se += static_cast<double>(e[k]);
-          const int64_t t = bins[m];
-          const double lse_shift = std::log(se);  // logsumexp(z) - zmax
-          const double logp = static_cast<double>(zm[t]) - static_cast<double>(zmax) - lse_shift;
-          const double p = std::exp(logp);
-          double pow_g, dterm;
-          focal_terms(p, logp, gamma, &pow_g, &dterm);
-          const double wm = w != nullptr ? static_cast<double>(w[m]) : 1.0;
-          fsum += wm * (-pow_g * logp);
-          const T* ot = o + (m * K + t) * A;
-          const T* rm = r + m * A;
-          double sq = 0.0;
-          for (int64_t a = 0; a < A; ++a) {
-            const double dlt = static_cast<double>(ot[a]) - static_cast<double>(rm[a]);
-            sq += dlt * dlt;
-          }
-          msum += wm * sq / static_cast<double>(A);
-          if (gl != nullptr) {
-            const double G = dterm - pow_g;  // d focal / d z_k = (delta_kt - s_k) G
-            const double scale = wm * inv_total;
-            const T cs = static_cast<T>(-G * scale / se);  // -s_k G scale = e_k * cs
-            for (int64_t k = 0; k < K; ++k) e[k] = e[k] * cs;
-            e[t] = static_cast<T>(static_cast<double>(e[t]) + G * scale);
-            const double c2 = 2.0 * scale / static_cast<double>(A);
-            T* gm = gr + m * A;
-            for (int64_t a = 0; a < A; ++a)
-              gm[a] = static_cast<T>(c2 * (static_cast<double>(ot[a]) - static_cast<double>(rm[a])));
-          }
-        }
-        part[2 * blk] = fsum;
-        part[2 * blk + 1] = msum;
-      }
+      for (int64_t blk = blo; blk < bhi; ++blk)
+        rows(args, blk * kRowBlock, std::min(M, (blk + 1) * kRowBlock), scratch.data(), &part[2 * blk],
+             &part[2 * blk + 1]);
     });
   }
   double fsum = 0.0, msum = 0.0;

@@ -347,8 +347,9 @@ def _backward(ctx, grad_parts, _g_gl, _g_gr):
     M, K, A = ctx.offsets_shape
     grad_logits = gl * g_class
     rows_grad = gr * g_off
-    grad_offsets = gl.new_zeros(M, K, A)
-    grad_offsets[torch.arange(M, device=gl.device), bins] = rows_grad
+    grad_offsets = gl.new_zeros(M * K, A)
+    grad_offsets.index_copy_(0, torch.arange(M, device=gl.device) * K + bins, rows_grad)
+    grad_offsets = grad_offsets.view(M, K, A)
     return grad_logits, grad_offsets, None, -rows_grad, None, None, None, None
 
 
