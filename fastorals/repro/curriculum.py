@@ -170,7 +170,7 @@ def _train(cfg: dict[str, Any], train: data.ImageDataset, loss_name: str, use_cu
     hook = None
     lol_samples: list[int] = []
     if use_cuda:
-        cur = curriculum.CurriculumAugment(c, num_test=cfg["num_test"], seed=seed, eval_batch_size=1024)
+        cur = curriculum.CurriculumAugment(c, num_test=cfg["num_test"], seed=seed)
         aug = _Timed(cur)
         pool = curriculum.ClassPool(train.images, train.labels, c)
 
