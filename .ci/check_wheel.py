@@ -1,6 +1,8 @@
 """Import an installed wheel outside the source tree and exercise it (used by .ci/run)."""
 
+import importlib
 import os
+import pkgutil
 import sys
 
 import torch
@@ -17,9 +19,6 @@ assert x.images.shape == (64, 3, 16, 16)
 m = fastorals.models.resnet20(num_classes=4, width=0.25)
 assert m(x.float()[:2]).shape == (2, 4)
 # every module imports and its public API is reachable on this install
-import importlib
-import pkgutil
-
 for mod in pkgutil.iter_modules(fastorals.__path__):
     if not mod.name.startswith("_") and mod.name not in ("cli",):
         importlib.import_module(f"fastorals.{mod.name}")

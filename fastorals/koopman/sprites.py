@@ -6,7 +6,9 @@ ground truth is kept for the judge:
 * four static factors with 6 values each: ``skin``, ``hair`` (colour and one of three
   styles), ``top`` (shirt and sleeves), ``bottom`` (trousers);
 * one dynamic factor, the ``motion`` (9 classes) = ``action`` (walk, spellcast, slash) x
-  ``direction`` (left, front, right).
+  ``direction`` (left, front, right). Every sequence starts from the same rest pose facing the
+  viewer; from frame 1 the character faces its direction and performs its action. Frame 0 thus
+  shows only the appearance, and everything about the motion unfolds over time.
 
 That is 6**4 = 1296 characters x 9 motions = 11664 distinct sequences, the sizes of the
 original Sprites set (1000 training characters and 296 test characters, 9 motions each).
@@ -57,14 +59,14 @@ COLUMNS = (*STATIC_FACTORS, "action", "direction")
 
 # RGB palettes in [0, 1], one row per factor value (chosen to be distinct within a factor).
 PALETTES: dict[str, tuple[tuple[float, float, float], ...]] = {
-    "skin": ((1.00, 0.86, 0.74), (0.92, 0.70, 0.52), (0.76, 0.53, 0.34),
-             (0.50, 0.32, 0.20), (0.56, 0.78, 0.46), (0.62, 0.70, 0.86)),
-    "hair": ((0.10, 0.08, 0.08), (0.47, 0.27, 0.10), (0.96, 0.82, 0.30),
-             (0.86, 0.24, 0.10), (0.85, 0.85, 0.88), (0.20, 0.35, 0.90)),
-    "top": ((0.85, 0.12, 0.15), (0.15, 0.62, 0.20), (0.15, 0.30, 0.85),
-            (0.95, 0.80, 0.10), (0.58, 0.20, 0.70), (0.96, 0.55, 0.10)),
-    "bottom": ((0.12, 0.12, 0.14), (0.30, 0.42, 0.62), (0.52, 0.34, 0.18),
-               (0.16, 0.40, 0.22), (0.55, 0.10, 0.22), (0.74, 0.68, 0.50)),
+    "skin": ((1.00, 0.85, 0.72), (0.55, 0.35, 0.20), (0.45, 0.80, 0.35),
+             (0.45, 0.60, 0.95), (0.78, 0.55, 0.92), (0.62, 0.62, 0.62)),
+    "hair": ((0.10, 0.08, 0.08), (0.50, 0.28, 0.08), (0.98, 0.85, 0.25),
+             (0.90, 0.20, 0.10), (0.92, 0.92, 0.95), (0.20, 0.35, 0.95)),
+    "top": ((0.88, 0.10, 0.12), (0.12, 0.65, 0.18), (0.12, 0.25, 0.85),
+            (0.98, 0.85, 0.10), (0.60, 0.18, 0.72), (0.10, 0.80, 0.85)),
+    "bottom": ((0.10, 0.10, 0.12), (0.80, 0.80, 0.80), (0.55, 0.35, 0.15),
+               (0.10, 0.15, 0.50), (0.70, 0.10, 0.10), (0.82, 0.72, 0.45)),
 }
 _BACKGROUND = (1.0, 1.0, 1.0)
 _FIXED = {"eyes": (0.08, 0.08, 0.12), "shoes": (0.30, 0.18, 0.10), "sword": (0.62, 0.64, 0.70)}
@@ -104,19 +106,24 @@ def _check_labels(labels: torch.Tensor) -> None:
 
 
 # ------------------------------------------------------------------------------ geometry
+#
+# Every motion starts from the same rest pose, facing the viewer (frame 0 is identical for all
+# 9 motions of a character: everything visible at t = 0 is appearance). From frame 1 on the
+# character faces its direction (left, front, right) and performs its action, periodically over
+# the remaining frames. Coordinates are normalized to [0, 1] (x right, y down). Arm angles are
+# measured from straight down (0) towards the facing direction (pi/2 forward, pi straight up).
 
-def _pose(action: int, direction: int, t: torch.Tensor, num_frames: int) -> dict[str, torch.Tensor]:
-    """Joint positions for frames ``t``: normalized [0, 1] coordinates, x right, y down.
+_REST = 0.12  # arm angle at rest
 
-    Arm angles are measured from straight down (0) towards the facing direction (pi/2 is
-    horizontal forward, pi straight up).
-    """
-    phase = 2 * math.pi * t.float() / num_frames
-    s, c = torch.sin(phase), torch.cos(phase)
-    zero = torch.zeros_like(phase)
-    side = {0: -1, 1: 0, 2: 1}[direction]  # facing: -1 left, 0 front (towards the viewer), +1 right
-    fwd = side if side != 0 else 1          # the swing direction on screen
-    bob = -0.012 * c.abs() if action == 0 else zero
+
+def _pose(action: int, direction: int, t: int, num_frames: int) -> dict[str, object]:
+    """Joint positions of one frame."""
+    side = 0 if t == 0 else {0: -1, 1: 0, 2: 1}[direction]  # facing: -1 left, 0 viewer, +1 right
+    u = 0.0 if t == 0 else (t - 1) / max(num_frames - 1, 1)  # action progress in [0, 1)
+    phase = 2 * math.pi * u
+    s, c = math.sin(phase), math.cos(phase)
+    fwd = side if side != 0 else 1
+    bob = -0.012 * abs(math.sin(2 * phase)) if action == 0 and t > 0 else 0.0
     hip_y, sh_y = 0.62 + bob, 0.40 + bob
     if side == 0:
         hips_x, shoulders_x = [0.44, 0.56], [0.35, 0.65]
@@ -124,63 +131,101 @@ def _pose(action: int, direction: int, t: torch.Tensor, num_frames: int) -> dict
         hips_x, shoulders_x = [0.5 - 0.02 * side, 0.5 + 0.02 * side], [0.5 - 0.02 * side, 0.5 + 0.03 * side]
     reach = 0.20
 
-    def hand(i: int, theta: torch.Tensor, splay: float = 0.0) -> torch.Tensor:
-        direction_x = fwd if side != 0 else (1 if i == 1 else -1)
-        return torch.stack([shoulders_x[i] + direction_x * reach * torch.sin(theta) + splay,
-                            sh_y + reach * torch.cos(theta)], -1)
+    def hand(i: int, theta: float) -> tuple[float, float]:
+        dx = fwd if side != 0 else (1 if i == 1 else -1)
+        return (shoulders_x[i] + dx * reach * math.sin(theta), sh_y + reach * math.cos(theta))
 
-    feet = [torch.stack([hips_x[i] + zero, 0.86 + zero], -1) for i in range(2)]
-    rest = 0.12 * torch.ones_like(phase)
-    hands = [hand(0, rest), hand(1, rest)]
-    extra: dict[str, torch.Tensor] = {}
-    if action == 0:  # walk: legs and arms swing in opposition
-        if side == 0:
-            feet = [torch.stack([hips_x[0] + zero, 0.86 - 0.05 * s.clamp(min=0)], -1),
-                    torch.stack([hips_x[1] + zero, 0.86 - 0.05 * (-s).clamp(min=0)], -1)]
-            hands = [hand(0, 0.12 + 0.5 * (-s).clamp(min=0)), hand(1, 0.12 + 0.5 * s.clamp(min=0))]
-        else:
-            feet = [torch.stack([hips_x[0] + 0.09 * s * side, 0.86 - 0.015 * c.abs()], -1),
-                    torch.stack([hips_x[1] - 0.09 * s * side, 0.86 - 0.015 * c.abs()], -1)]
-            hands = [hand(0, -0.45 * s), hand(1, 0.45 * s)]
-    elif action == 1:  # spellcast: arms rise above the head and come back down
-        lift = 0.5 * (1 - c)
-        if side == 0:
-            hands = [hand(0, 0.25 + 2.45 * lift), hand(1, 0.25 + 2.45 * lift)]
-        else:
-            hands = [hand(0, 0.2 + 2.0 * lift), hand(1, 0.2 + 2.6 * lift)]
-    else:  # slash: the sword arm swings from up-behind the head down to the front
-        theta = 1.15 * math.pi - 0.9 * math.pi * 0.5 * (1 - c)
-        hands[1] = hand(1, theta)
-        dx = (fwd if side != 0 else 1) * torch.sin(theta)
-        extra["sword0"] = hands[1]
-        extra["sword1"] = hands[1] + 0.21 * torch.stack([dx, torch.cos(theta)], -1)
-    return {
-        "side": torch.full_like(phase, float(side)),
-        "bob": bob + zero,
-        "hips": torch.stack([torch.stack([hips_x[i] + zero, hip_y + zero], -1) for i in range(2)]),
-        "feet": torch.stack(feet),
-        "shoulders": torch.stack([torch.stack([shoulders_x[i] + zero, sh_y + zero], -1) for i in range(2)]),
-        "hands": torch.stack(hands),
-        **extra,
-    }
+    feet = [(hips_x[0], 0.86), (hips_x[1], 0.86)]
+    hands = [hand(0, _REST), hand(1, _REST)]
+    sword = None
+    if t > 0:
+        if action == 0:  # walk: legs and arms swing in opposition
+            if side == 0:
+                feet = [(hips_x[0], 0.86 - 0.05 * max(s, 0.0)), (hips_x[1], 0.86 - 0.05 * max(-s, 0.0))]
+                hands = [hand(0, _REST + 0.5 * max(-s, 0.0)), hand(1, _REST + 0.5 * max(s, 0.0))]
+            else:
+                feet = [(hips_x[0] + 0.09 * s * side, 0.86 - 0.015 * abs(c)),
+                        (hips_x[1] - 0.09 * s * side, 0.86 - 0.015 * abs(c))]
+                hands = [hand(0, -0.45 * s), hand(1, 0.45 * s)]
+        elif action == 1:  # spellcast: the arms rise above the head and come back down
+            lift = 0.5 * (1 - c) if u > 0 else 0.0
+            lift = max(lift, 0.35)
+            if side == 0:
+                hands = [hand(0, 0.25 + 2.45 * lift), hand(1, 0.25 + 2.45 * lift)]
+            else:
+                hands = [hand(0, 0.2 + 2.0 * lift), hand(1, 0.2 + 2.6 * lift)]
+        else:  # slash: draw the sword up behind the head, then swing it down to the front
+            top = 1.15 * math.pi
+            theta = _REST + (top - _REST) * min(u / 0.5, 1.0) if u <= 0.5 else top - 0.9 * math.pi * (u - 0.5) / 0.5
+            hands[1] = hand(1, theta)
+            dx = fwd * math.sin(theta)
+            sword = (hands[1], (hands[1][0] + 0.21 * dx, hands[1][1] + 0.21 * math.cos(theta)))
+    return {"side": side, "bob": bob, "hips": [(x, hip_y) for x in hips_x], "feet": feet,
+            "shoulders": [(x, sh_y) for x in shoulders_x], "hands": hands, "sword": sword}
 
 
-def _seg_dist(px: torch.Tensor, py: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Distance from pixels (H, W) to segments a->b given per frame (F, 2): (F, H, W)."""
-    ax, ay = a[:, 0, None, None], a[:, 1, None, None]
-    bx, by = b[:, 0, None, None], b[:, 1, None, None]
-    dx, dy = bx - ax, by - ay
-    den = (dx * dx + dy * dy).clamp(min=1e-12)
+def _seg(px: torch.Tensor, py: torch.Tensor, a: tuple[float, float], b: tuple[float, float], r: float) -> torch.Tensor:
+    """Pixels within distance ``r`` of the segment a-b (a capsule)."""
+    ax, ay = a
+    dx, dy = b[0] - ax, b[1] - ay
+    den = max(dx * dx + dy * dy, 1e-12)
     h = (((px - ax) * dx + (py - ay) * dy) / den).clamp(0, 1)
-    return torch.hypot(px - ax - h * dx, py - ay - h * dy)
+    return torch.hypot(px - ax - h * dx, py - ay - h * dy) <= r
 
 
-def _ellipse(px, py, cx, cy, rx, ry) -> torch.Tensor:
-    cx = torch.as_tensor(cx, dtype=px.dtype)
-    cy = torch.as_tensor(cy, dtype=px.dtype)
-    cx = cx.reshape(-1, 1, 1) if cx.dim() else cx
-    cy = cy.reshape(-1, 1, 1) if cy.dim() else cy
+def _ellipse(px: torch.Tensor, py: torch.Tensor, cx: float, cy: float, rx: float, ry: float) -> torch.Tensor:
     return ((px - cx) / rx) ** 2 + ((py - cy) / ry) ** 2 <= 1.0
+
+
+def _frame_label(px: torch.Tensor, py: torch.Tensor, action: int, direction: int, t: int, num_frames: int,
+                 style: int) -> torch.Tensor:
+    """Part index of every (supersampled) pixel of one frame, painter's order."""
+    p = _pose(action, direction, t, num_frames)
+    side, bob = p["side"], p["bob"]
+    label = torch.zeros(px.shape, dtype=torch.long)
+
+    def paint(part: int, mask: torch.Tensor) -> None:
+        label.masked_fill_(mask, part)
+
+    for i in range(2):  # legs and shoes
+        paint(_BOTTOM, _seg(px, py, p["hips"][i], p["feet"][i], 0.045))
+        fx, fy = p["feet"][i]
+        paint(_SHOES, _seg(px, py, (fx - 0.012 + 0.0125 * side, fy + 0.02), (fx + 0.012 + 0.0375 * side, fy + 0.02),
+                           0.026))
+    arms = [0, 1]
+    if side != 0:  # the far arm goes behind the torso
+        paint(_TOP, _seg(px, py, p["shoulders"][0], p["hands"][0], 0.034))
+        paint(_SKIN, _seg(px, py, p["hands"][0], p["hands"][0], 0.03))
+        arms = [1]
+    half_w = 0.13 if side == 0 else 0.09
+    paint(_TOP, ((px - 0.5).abs() <= half_w) & (py >= 0.37 + bob) & (py <= 0.64 + bob))
+    paint(_SKIN, ((px - 0.5).abs() <= 0.035) & (py >= 0.33 + bob) & (py <= 0.38 + bob))  # neck
+    for i in arms:
+        paint(_TOP, _seg(px, py, p["shoulders"][i], p["hands"][i], 0.036))
+        paint(_SKIN, _seg(px, py, p["hands"][i], p["hands"][i], 0.032))
+    if p["sword"] is not None:
+        paint(_SWORD, _seg(px, py, p["sword"][0], p["sword"][1], 0.014))
+    hy, hx = 0.24 + bob, 0.5 + 0.01 * side
+    if style == 1:  # long hair behind the head
+        paint(_HAIR, ((px - 0.5 + 0.03 * side).abs() <= 0.13) & (py >= 0.14 + bob) & (py <= 0.42 + bob))
+    paint(_SKIN, _ellipse(px, py, hx, hy, 0.105, 0.115))
+    if side != 0:  # nose
+        paint(_SKIN, _ellipse(px, py, hx + 0.1 * side, hy + 0.02, 0.03, 0.025))
+    if style == 0:  # short cap
+        cap = _ellipse(px, py, hx - 0.01 * side, hy - 0.045, 0.115, 0.085) & (py <= hy - 0.02)
+    elif style == 1:
+        cap = _ellipse(px, py, hx - 0.01 * side, hy - 0.05, 0.12, 0.08) & (py <= hy - 0.03)
+    else:  # tall, spiky crest
+        cap = _ellipse(px, py, hx - 0.015 * side, hy - 0.085, 0.095, 0.10) & (py <= hy - 0.03)
+        spikes = (torch.sin(px * 2 * math.pi * 14).abs() > 0.25) & (py <= hy - 0.12) & (py >= hy - 0.2)
+        cap = (cap & ~spikes) | (cap & (py > hy - 0.12))
+    paint(_HAIR, cap)
+    if side == 0:
+        eyes = _ellipse(px, py, 0.455, hy + 0.01, 0.018, 0.024) | _ellipse(px, py, 0.545, hy + 0.01, 0.018, 0.024)
+    else:
+        eyes = _ellipse(px, py, hx + 0.055 * side, hy + 0.01, 0.018, 0.024)
+    paint(_EYES, eyes)
+    return label
 
 
 @functools.lru_cache(maxsize=8)
@@ -190,78 +235,18 @@ def _coverage(size: int, num_frames: int) -> torch.Tensor:
     hr = size * ss
     coords = (torch.arange(hr, dtype=torch.float32) + 0.5) / hr
     py, px = torch.meshgrid(coords, coords, indexing="ij")
-    t = torch.arange(num_frames)
     out = torch.zeros(_NUM_STYLES, NUM_MOTIONS, num_frames, _NUM_PARTS, size, size, dtype=torch.float32)
-    for a in range(len(ACTIONS)):
-        for d in range(len(DIRECTIONS)):
-            p = _pose(a, d, t, num_frames)
-            side = int(p["side"][0])
-            bob = p["bob"].reshape(-1, 1, 1)
-            layers: list[tuple[int, torch.Tensor]] = []  # painter's order: (part, mask (F, hr, hr))
-            # legs (trousers) and shoes
-            for i in range(2):
-                leg = _seg_dist(px, py, p["hips"][i], p["feet"][i]) <= 0.045
-                layers.append((_BOTTOM, leg))
-                foot = p["feet"][i]
-                shoe_dx = 0.025 * side
-                shoe = _seg_dist(px, py, foot + torch.tensor([-0.012 + shoe_dx * 0.5, 0.02]),
-                                 foot + torch.tensor([0.012 + shoe_dx * 1.5, 0.02])) <= 0.026
-                layers.append((_SHOES, shoe))
-            # far arm behind the torso in side view
-            arms = [0, 1]
-            if side != 0:
-                far = _seg_dist(px, py, p["shoulders"][0], p["hands"][0]) <= 0.034
-                layers.append((_TOP, far))
-                layers.append((_SKIN, _seg_dist(px, py, p["hands"][0], p["hands"][0]) <= 0.03))
-                arms = [1]
-            # torso
-            half_w = 0.13 if side == 0 else 0.09
-            torso_y0, torso_y1 = 0.37 + bob, 0.64 + bob
-            torso = ((px - 0.5).abs() <= half_w) & (py >= torso_y0) & (py <= torso_y1)
-            layers.append((_TOP, torso))
-            # neck
-            layers.append((_SKIN, ((px - 0.5).abs() <= 0.035) & (py >= 0.33 + bob) & (py <= 0.38 + bob)))
-            # near arm(s) in front of the torso
-            for i in arms:
-                layers.append((_TOP, _seg_dist(px, py, p["shoulders"][i], p["hands"][i]) <= 0.036))
-                layers.append((_SKIN, _seg_dist(px, py, p["hands"][i], p["hands"][i]) <= 0.032))
-            if "sword0" in p:
-                layers.append((_SWORD, _seg_dist(px, py, p["sword0"], p["sword1"]) <= 0.014))
-            head_cy = 0.24 + bob
-            head_cx = 0.5 + 0.01 * side
-            per_style: list[list[tuple[int, torch.Tensor]]] = []
-            for style in range(_NUM_STYLES):
-                ls: list[tuple[int, torch.Tensor]] = []
-                if style == 1:  # long hair behind the head
-                    back = ((px - 0.5 + 0.03 * side).abs() <= 0.13) & (py >= 0.14 + bob) & (py <= 0.42 + bob)
-                    ls.append((_HAIR, back))
-                ls.append((_SKIN, _ellipse(px, py, head_cx, head_cy, 0.105, 0.115)))
-                if side != 0:  # nose
-                    ls.append((_SKIN, _ellipse(px, py, head_cx + 0.1 * side, head_cy + 0.02, 0.03, 0.025)))
-                if style == 0:  # short cap
-                    cap = _ellipse(px, py, head_cx - 0.01 * side, head_cy - 0.045, 0.115, 0.085) & (py <= head_cy - 0.02)
-                elif style == 1:
-                    cap = _ellipse(px, py, head_cx - 0.01 * side, head_cy - 0.05, 0.12, 0.08) & (py <= head_cy - 0.03)
-                else:  # tall, spiky crest
-                    cap = (_ellipse(px, py, head_cx - 0.015 * side, head_cy - 0.085, 0.095, 0.10) & (py <= head_cy - 0.03))
-                    spikes = (torch.sin(px * 2 * math.pi * 14).abs() > 0.25) & (py <= head_cy - 0.12) & (py >= head_cy - 0.2)
-                    cap = cap & ~spikes | (cap & (py > head_cy - 0.12))
-                ls.append((_HAIR, cap))
-                # eyes
-                if side == 0:
-                    eyes = (_ellipse(px, py, 0.455, head_cy + 0.01, 0.018, 0.024)
-                            | _ellipse(px, py, 0.545, head_cy + 0.01, 0.018, 0.024))
-                else:
-                    eyes = _ellipse(px, py, head_cx + 0.055 * side, head_cy + 0.01, 0.018, 0.024)
-                ls.append((_EYES, eyes))
-                per_style.append(ls)
-            m = a * len(DIRECTIONS) + d
-            for style in range(_NUM_STYLES):
-                label = torch.zeros(num_frames, hr, hr, dtype=torch.long)
-                for part, mask in layers + per_style[style]:
-                    label.masked_fill_(mask.expand(num_frames, hr, hr), part)
-                onehot = torch.nn.functional.one_hot(label, _NUM_PARTS).permute(0, 3, 1, 2).float()
-                out[style, m] = torch.nn.functional.avg_pool2d(onehot, ss)
+    rest = [_frame_label(px, py, 0, 1, 0, num_frames, style) for style in range(_NUM_STYLES)]
+    for style in range(_NUM_STYLES):
+        labels = torch.empty(NUM_MOTIONS, num_frames, hr, hr, dtype=torch.long)
+        for m in range(NUM_MOTIONS):
+            a, d = divmod(m, len(DIRECTIONS))
+            labels[m, 0] = rest[style]
+            for t in range(1, num_frames):
+                labels[m, t] = _frame_label(px, py, a, d, t, num_frames, style)
+        onehot = torch.nn.functional.one_hot(labels.reshape(-1, hr, hr), _NUM_PARTS).permute(0, 3, 1, 2).float()
+        out[style] = torch.nn.functional.avg_pool2d(onehot, ss).reshape(NUM_MOTIONS, num_frames, _NUM_PARTS, size,
+                                                                          size)
     return out
 
 

@@ -77,8 +77,14 @@ def evaluate_swaps(model, judge, test, *, n: int, seed: int, num_static: int | N
     # static swap: motion of x1, appearance of x2
     xs = _decode(model, swap(z, z[perm], dec, "static"))
     sc = judge_scores(judge, xs, {"motion": tg1["motion"], **{f: tg2[f] for f in statics}})
+    def action_direction(xx: torch.Tensor, motion: torch.Tensor) -> dict[str, float]:
+        pred = torch.cat([judge(xx[i:i + 256])["motion"].argmax(-1) for i in range(0, n, 256)])
+        return {"action": round(float((pred // 3 == motion // 3).double().mean()), 4),
+                "direction": round(float((pred % 3 == motion % 3).double().mean()), 4)}
+
     res["static_swap"] = {
         "motion_preserved": sc["motion"],
+        "motion_parts_preserved": action_direction(xs, tg1["motion"]),
         "static_from_donor": {f: round(sc[f]["acc"], 4) for f in statics},
         "static_from_donor_mean": round(sum(sc[f]["acc"] for f in statics) / 4, 4),
     }
@@ -89,6 +95,7 @@ def evaluate_swaps(model, judge, test, *, n: int, seed: int, num_static: int | N
         "static_preserved": {f: round(sd[f]["acc"], 4) for f in statics},
         "static_preserved_mean": round(sum(sd[f]["acc"] for f in statics) / 4, 4),
         "motion_from_donor": sd["motion"],
+        "motion_parts_from_donor": action_direction(xd, tg2["motion"]),
     }
     # multifactor: assign static eigenvector subsets to the four factors, swap one at a time
     fa = assign_factors(dec, z, {f: lab[:, j] for j, f in enumerate(statics)})
@@ -170,7 +177,12 @@ def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
     judge_clean = judge_scores(judge, test.images(jidx), targets_of(test.labels[jidx]))
     # SKD
     seed_everything(seed)
-    model = StructuredKoopmanAE(frame_size=cfg["size"], k=cfg["k"], hidden=cfg["hidden"], conv_dim=cfg["conv_dim"])
+    for key, cast in (("num_static", int), ("variant", str), ("conv_dim", int), ("k", int)):
+        env = os.environ.get(f"FASTORALS_KOOPMAN_{key.upper()}")
+        if env:
+            cfg[key] = cast(env)
+    model = StructuredKoopmanAE(frame_size=cfg["size"], k=cfg["k"], hidden=cfg["hidden"], conv_dim=cfg["conv_dim"],
+                                num_static=cfg.get("num_static", 7), variant=cfg.get("variant", "paper"))
     gen = torch.Generator().manual_seed(seed)
     t = time.perf_counter()
     def progress(step: int, d: dict[str, float]) -> None:
@@ -189,6 +201,8 @@ def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
     res["_perm0"] = int(res["_vis"][2][0])
     timings["eval_s"] = time.perf_counter() - t
     png = _grid(model, res, out_dir, "koopman_swaps.png")
+    torch.save({"model": model.state_dict(), "judge": judge.state_dict(), "config": cfg},
+               os.path.join(out_dir, "koopman_model.pt"))
     res.pop("_vis")
     res.pop("_perm0")
     timings["total_s"] = time.perf_counter() - t0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -173,6 +174,7 @@ def _run_task(task: str, cfg: dict[str, Any], seed0: int, log: list[str]) -> dic
                 codes = c if codes is None else codes
             per_seed[m].append(r)
             log.append(f"{task} seed={seed} {m}: MAE {r['mae']:.3f} ({r['seconds']}s)")
+            print(f"[label_encoding] {log[-1]}", file=sys.stderr, flush=True)
     summary = _summary(per_seed)
     return {"per_seed": per_seed, "summary": summary, "relative": _relative(summary),
             "table": _table(task, summary), "codes": codes, "config": {k: v for k, v in cfg.items()}}

@@ -72,6 +72,14 @@ def test_motions_differ_and_move():
     assert sprites.motion_of(lab).tolist() == list(range(9))
 
 
+def test_frame_zero_shows_only_the_appearance():
+    """All 9 motions of a character start from the same rest pose; the motion unfolds from frame 1."""
+    lab = torch.tensor([[2, 4, 1, 5, a, d] for a in range(3) for d in range(3)])
+    x = sprites.render(lab, size=32)
+    assert bool((x[:, 0] == x[:1, 0]).all())
+    assert float((x[:, 1:] - x[:1, 1:]).abs().sum()) > 0
+
+
 def test_batches():
     train, _ = sprites.sprite_splits(10, size=16)
     got = list(train.batches(32, shuffle=False))

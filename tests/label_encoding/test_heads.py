@@ -192,3 +192,16 @@ def test_works_without_extension():
     env = dict(os.environ, FASTORALS_NO_EXT="1")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_benchmark_smoke_cases_agree():
+    from benchmarks.bench_label_encoding import SUITE
+
+    n = 0
+    for case in SUITE.cases("smoke", "cpu"):
+        impls = case.impls()
+        first = impls[0][2]()
+        for name, _, fn in impls[1:]:
+            case.verify(first, fn(), name)
+        n += 1
+    assert n == 3
