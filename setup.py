@@ -19,6 +19,7 @@ import sysconfig
 import tempfile
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 
 def _truthy(name: str) -> bool:
@@ -79,8 +80,19 @@ def _extensions():
     ]
 
 
+class _build_py_no_ext(build_py):
+    """build_py that drops a compiled ``_C`` left in the tree or in build/ by an earlier build,
+    so a FASTORALS_NO_EXT=1 wheel really has no extension."""
+
+    def run(self) -> None:
+        super().run()
+        for path in glob.glob(os.path.join(self.build_lib, "fastorals", "_C*")):
+            print(f"fastorals: FASTORALS_NO_EXT=1, leaving out {path}", file=sys.stderr)
+            os.remove(path)
+
+
 if _truthy("FASTORALS_NO_EXT"):
-    setup(ext_modules=[])
+    setup(ext_modules=[], cmdclass={"build_py": _build_py_no_ext})
 else:
     from pybind11.setup_helpers import ParallelCompile, build_ext
 
