@@ -39,6 +39,32 @@ def markdown_table(rows: list[dict[str, Any]], title: str = "") -> str:
     return "\n".join(out) + "\n"
 
 
+def compact_table(rows: list[dict[str, Any]], suite: str) -> str:
+    """A README-sized table of one suite: one line per case, fastorals' time and its ratios.
+
+    Columns: case | shape | fastorals ms (backend) | × vs reference | × vs each peer | % of limit.
+    A ratio above 1 means fastorals is faster.
+    """
+    rs = [r for r in rows if r["suite"] == suite]
+    fast = [r for r in rs if r.get("kind") == "fast"] or rs
+    peers: list[str] = []
+    for r in fast:
+        for k in r.get("ratio_vs_peers", {}):
+            if k not in peers:
+                peers.append(k)
+    head = ["case", "shape", "dtype", "fastorals ms", "× vs reference", *[f"× vs {p}" for p in peers], "% of limit"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in fast:
+        ratio = "–" if r.get("ratio_vs_reference") is None else f"{_fmt(r['ratio_vs_reference'])}×"
+        pr = [f"{_fmt(r['ratio_vs_peers'][p])}×" if p in r.get("ratio_vs_peers", {}) else "–" for p in peers]
+        pct = "–" if r.get("pct_of_limit") is None else f"{r['pct_of_limit']:.0f}% {r['limit_kind']}"
+        name = r["case"] if r["impl"] == "fastorals" else f"{r['case']} ({r['impl']})"
+        cells = [name, r["shape"], str(r["dtype"]), f"{_fmt(r.get('median_ms'))} ({r['backend']})", ratio, *pr, pct]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+
 def plot_suite(rows: list[dict[str, Any]], path: str, title: str) -> Optional[str]:
     """Horizontal bars of median time per implementation (log scale), one group per case.
 
@@ -76,3 +102,19 @@ def plot_suite(rows: list[dict[str, Any]], path: str, title: str) -> Optional[st
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description="print a compact table of one suite from a results JSON")
+    ap.add_argument("results")
+    ap.add_argument("--suite", required=True)
+    a = ap.parse_args()
+    with open(a.results) as f:
+        data = json.load(f)
+    lim = ", ".join(f"{k} {v:.3g}" for k, v in data.get("limits", {}).items())
+    print(f"{data['device']['label'] if isinstance(data.get('device'), dict) else data.get('device')}, "
+          f"{data.get('mode')} mode, {data.get('date', '')[:10]}; machine limits: {lim}\n")
+    print(compact_table(data["rows"], a.suite))
