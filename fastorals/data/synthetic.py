@@ -10,6 +10,7 @@ separates the classes well above chance but not perfectly.
 from __future__ import annotations
 
 import math
+from typing import Callable, Union
 
 import torch
 
@@ -93,64 +94,105 @@ _PALETTE_SV = torch.tensor(  # (sat lo, sat hi, val lo, val hi) per palette
 )
 
 
-def _render(labels: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
-    """float [B, 3, size, size] in [0, 1] for class ``labels`` [B]."""
-    B = labels.shape[0]
+Uniform = Callable[..., torch.Tensor]
+
+
+def _uniform(g: torch.Generator) -> Uniform:
+    """``U(*shape, lo=0, hi=1)``: uniform draws from ``g`` (shared by the procedural renderers)."""
 
     def U(*shape: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
         return torch.rand(*shape, generator=g) * (hi - lo) + lo
 
+    return U
+
+
+def _grid(batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates in [-1, 1]: (gx, gy), each [B, size, size]."""
     lin = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2.0 - 1.0
     gy, gx = torch.meshgrid(lin, lin, indexing="ij")
-    gx, gy = gx.expand(B, -1, -1), gy.expand(B, -1, -1)
+    return gx.expand(batch, -1, -1), gy.expand(batch, -1, -1)
 
-    sid, tid, pid = labels % 10, (labels // 10) % 10, (labels // 100) % 10
-    # background: smooth two-colour gradient in a random direction, plus low-frequency waves
-    bg_a = _hsv_to_rgb(U(B), U(B, lo=0.0, hi=0.6), U(B, lo=0.15, hi=0.9))
-    bg_b = _hsv_to_rgb(U(B), U(B, lo=0.0, hi=0.6), U(B, lo=0.15, hi=0.9))
+
+def _local(gx: torch.Tensor, gy: torch.Tensor, theta: torch.Tensor, scale: torch.Tensor,
+           ox: torch.Tensor, oy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coordinates in the frame of an object rotated by ``theta`` [B], scaled, centred at (ox, oy)."""
+    c, s = torch.cos(theta).view(-1, 1, 1), torch.sin(theta).view(-1, 1, 1)
+    dx, dy = gx - ox.view(-1, 1, 1), gy - oy.view(-1, 1, 1)
+    sc = scale.view(-1, 1, 1)
+    return (c * dx + s * dy) / sc, (-s * dx + c * dy) / sc
+
+
+def _over(img: torch.Tensor, alpha: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """Alpha-composite ``colour`` ([B, 3, 1, 1] or [B, 3, H, W]) with coverage ``alpha`` [B, H, W]."""
+    return img * (1 - alpha.unsqueeze(1)) + colour * alpha.unsqueeze(1)
+
+
+def _background(U: Uniform, gx: torch.Tensor, gy: torch.Tensor, wave_along_y: bool = False) -> torch.Tensor:
+    """A smooth two-colour gradient in a random direction plus a low-frequency wave: [B, 3, H, W]."""
+    B = gx.shape[0]
+    bg_a = _hsv_to_rgb(U(B), U(B, hi=0.6), U(B, lo=0.15, hi=0.9))
+    bg_b = _hsv_to_rgb(U(B), U(B, hi=0.6), U(B, lo=0.15, hi=0.9))
     ang = U(B, hi=2 * math.pi)
     proj = 0.5 + 0.5 * (gx * torch.cos(ang).view(-1, 1, 1) + gy * torch.sin(ang).view(-1, 1, 1)) / math.sqrt(2)
-    wave = 0.08 * torch.sin(U(B, lo=1, hi=4).view(-1, 1, 1) * math.pi * (gx + U(B).view(-1, 1, 1)))
+    wave = 0.08 * torch.sin(U(B, lo=1, hi=4).view(-1, 1, 1) * math.pi * ((gy if wave_along_y else gx) + U(B).view(-1, 1, 1)))
     img = bg_a.view(B, 3, 1, 1) * (1 - proj).unsqueeze(1) + bg_b.view(B, 3, 1, 1) * proj.unsqueeze(1)
-    img = img + wave.unsqueeze(1)
-    # clutter: three random ellipses of random colours
+    return img + wave.unsqueeze(1)
+
+
+def _clutter(img: torch.Tensor, U: Uniform, g: torch.Generator, gx: torch.Tensor, gy: torch.Tensor, *,
+             ellipse_radius: float, ellipse_alpha: float, distractor_scale: tuple[float, float],
+             distractor_offset: float, distractor_alpha: tuple[float, float]) -> torch.Tensor:
+    """Three ellipses of random colour, then a distractor shape at a random pose (no label information)."""
+    B = img.shape[0]
     for _ in range(3):
         cx, cy = U(B, lo=-1, hi=1).view(-1, 1, 1), U(B, lo=-1, hi=1).view(-1, 1, 1)
-        rx, ry = U(B, lo=0.05, hi=0.25).view(-1, 1, 1), U(B, lo=0.05, hi=0.25).view(-1, 1, 1)
-        e = torch.sigmoid((1.0 - ((gx - cx) / rx) ** 2 - ((gy - cy) / ry) ** 2) * 4.0) * U(B, hi=0.8).view(-1, 1, 1)
-        col = _hsv_to_rgb(U(B), U(B), U(B, lo=0.2, hi=1.0)).view(B, 3, 1, 1)
-        img = img * (1 - e.unsqueeze(1)) + col * e.unsqueeze(1)
-    # a distractor: a smaller object of a random shape and texture (not the class's cue)
+        rx, ry = U(B, lo=0.05, hi=ellipse_radius).view(-1, 1, 1), U(B, lo=0.05, hi=ellipse_radius).view(-1, 1, 1)
+        e = torch.sigmoid((1.0 - ((gx - cx) / rx) ** 2 - ((gy - cy) / ry) ** 2) * 4.0) * U(B, hi=ellipse_alpha).view(-1, 1, 1)
+        img = _over(img, e, _hsv_to_rgb(U(B), U(B), U(B, lo=0.2, hi=1.0)).view(B, 3, 1, 1))
     d_theta = U(B, hi=2 * math.pi)
-    d_scale = U(B, lo=0.18, hi=0.32)
-    d_ox, d_oy = U(B, lo=-0.75, hi=0.75), U(B, lo=-0.75, hi=0.75)
-    dc, ds = torch.cos(d_theta).view(-1, 1, 1), torch.sin(d_theta).view(-1, 1, 1)
-    ddx, ddy = gx - d_ox.view(-1, 1, 1), gy - d_oy.view(-1, 1, 1)
-    dlx = (dc * ddx + ds * ddy) / d_scale.view(-1, 1, 1)
-    dly = (-ds * ddx + dc * ddy) / d_scale.view(-1, 1, 1)
+    d_scale = U(B, lo=distractor_scale[0], hi=distractor_scale[1])
+    d_ox, d_oy = U(B, lo=-distractor_offset, hi=distractor_offset), U(B, lo=-distractor_offset, hi=distractor_offset)
+    dlx, dly = _local(gx, gy, d_theta, d_scale, d_ox, d_oy)
     d_sid = torch.randint(0, 10, (B,), generator=g)
-    d_mask = _shape_mask(d_sid, dlx, dly) * U(B, lo=0.5, hi=1.0).view(-1, 1, 1)
-    d_col = _hsv_to_rgb(U(B), U(B, lo=0.3, hi=1.0), U(B, lo=0.3, hi=1.0)).view(B, 3, 1, 1)
-    img = img * (1 - d_mask.unsqueeze(1)) + d_col * d_mask.unsqueeze(1)
+    d_mask = _shape_mask(d_sid, dlx, dly) * U(B, lo=distractor_alpha[0], hi=distractor_alpha[1]).view(-1, 1, 1)
+    return _over(img, d_mask, _hsv_to_rgb(U(B), U(B, lo=0.3, hi=1.0), U(B, lo=0.3, hi=1.0)).view(B, 3, 1, 1))
+
+
+def _paint(img: torch.Tensor, U: Uniform, mask: torch.Tensor, tid: Union[torch.Tensor, Callable[[], torch.Tensor]], lx: torch.Tensor, ly: torch.Tensor,
+           hue: torch.Tensor, sat: torch.Tensor, val: torch.Tensor, freq: tuple[float, float]) -> torch.Tensor:
+    """Draw the object: texture ``tid`` between a colour and a darker complementary one, over ``img``.
+
+    ``tid`` may be a callable drawing the texture ids (called after the colour draws).
+    """
+    B = img.shape[0]
+    col_a = _hsv_to_rgb(hue, sat, val)
+    col_b = _hsv_to_rgb((hue + U(B, lo=0.3, hi=0.7)) % 1.0, sat, torch.clamp(val * U(B, lo=0.3, hi=0.8), 0, 1))
+    tex = _texture(tid() if callable(tid) else tid, lx, ly, U(B, lo=freq[0], hi=freq[1]), mask)
+    fg = col_a.view(B, 3, 1, 1) * (1 - tex).unsqueeze(1) + col_b.view(B, 3, 1, 1) * tex.unsqueeze(1)
+    return _over(img, mask, fg)
+
+
+def _render(labels: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """float [B, 3, size, size] in [0, 1] for class ``labels`` [B]."""
+    B = labels.shape[0]
+    U = _uniform(g)
+    gx, gy = _grid(B, size)
+    sid, tid, pid = labels % 10, (labels // 10) % 10, (labels // 100) % 10
+    img = _background(U, gx, gy)
+    img = _clutter(img, U, g, gx, gy, ellipse_radius=0.25, ellipse_alpha=0.8, distractor_scale=(0.18, 0.32),
+                   distractor_offset=0.75, distractor_alpha=(0.5, 1.0))
     # the object: pose
     theta = U(B, hi=2 * math.pi)
     scale = U(B, lo=0.36, hi=0.72)
     ox, oy = U(B, lo=-0.28, hi=0.28), U(B, lo=-0.28, hi=0.28)
-    c, s = torch.cos(theta).view(-1, 1, 1), torch.sin(theta).view(-1, 1, 1)
-    dx, dy = gx - ox.view(-1, 1, 1), gy - oy.view(-1, 1, 1)
-    lx = (c * dx + s * dy) / scale.view(-1, 1, 1)
-    ly = (-s * dx + c * dy) / scale.view(-1, 1, 1)
+    lx, ly = _local(gx, gy, theta, scale, ox, oy)
     mask = _shape_mask(sid, lx, ly)
     # colours: class-linked hue mean (a weak cue), palette-dependent saturation/value
     sv = _PALETTE_SV[pid]
     hue = (labels.float() * 0.618034 + torch.randn(B, generator=g) * 0.3) % 1.0
     sat = sv[:, 0] + (sv[:, 1] - sv[:, 0]) * U(B)
     val = sv[:, 2] + (sv[:, 3] - sv[:, 2]) * U(B)
-    col_a = _hsv_to_rgb(hue, sat, val)
-    col_b = _hsv_to_rgb((hue + U(B, lo=0.3, hi=0.7)) % 1.0, sat, torch.clamp(val * U(B, lo=0.3, hi=0.8), 0, 1))
-    tex = _texture(tid, lx, ly, U(B, lo=3.0, hi=5.0), mask)
-    fg = col_a.view(B, 3, 1, 1) * (1 - tex).unsqueeze(1) + col_b.view(B, 3, 1, 1) * tex.unsqueeze(1)
-    img = img * (1 - mask.unsqueeze(1)) + fg * mask.unsqueeze(1)
+    img = _paint(img, U, mask, tid, lx, ly, hue, sat, val, freq=(3.0, 5.0))
     # global illumination and sensor noise
     img = img * U(B, lo=0.75, hi=1.15).view(-1, 1, 1, 1)
     img = img + torch.randn(img.shape, generator=g) * U(B, lo=0.03, hi=0.10).view(-1, 1, 1, 1)

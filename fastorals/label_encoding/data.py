@@ -28,7 +28,7 @@ from typing import Optional, Union
 import torch
 
 from ..data.loader import TensorLoader
-from ..data.synthetic import _hsv_to_rgb, _shape_mask, _texture
+from ..data.synthetic import _background, _clutter, _grid, _local, _paint, _shape_mask, _uniform
 from .grid import LabelGrid
 
 # (shape id in fastorals.data.synthetic, name): shapes whose orientation is unique over 150 degrees
@@ -84,57 +84,23 @@ class RegressionSplits:
 def _render(angles_deg: torch.Tensor, size: int, g: torch.Generator, clutter: bool, noise: float) -> torch.Tensor:
     """float [B, 3, size, size] in [0, 1]: one oriented shape rotated by ``angles_deg``."""
     B = angles_deg.shape[0]
-
-    def U(*shape: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
-        return torch.rand(*shape, generator=g) * (hi - lo) + lo
-
-    lin = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2.0 - 1.0
-    gy, gx = torch.meshgrid(lin, lin, indexing="ij")
-    gx, gy = gx.expand(B, -1, -1), gy.expand(B, -1, -1)
-    # background: two-colour gradient in a random direction plus a low-frequency wave
-    bg_a = _hsv_to_rgb(U(B), U(B, hi=0.6), U(B, lo=0.15, hi=0.9))
-    bg_b = _hsv_to_rgb(U(B), U(B, hi=0.6), U(B, lo=0.15, hi=0.9))
-    ang = U(B, hi=2 * math.pi)
-    proj = 0.5 + 0.5 * (gx * torch.cos(ang).view(-1, 1, 1) + gy * torch.sin(ang).view(-1, 1, 1)) / math.sqrt(2)
-    wave = 0.08 * torch.sin(U(B, lo=1, hi=4).view(-1, 1, 1) * math.pi * (gy + U(B).view(-1, 1, 1)))
-    img = bg_a.view(B, 3, 1, 1) * (1 - proj).unsqueeze(1) + bg_b.view(B, 3, 1, 1) * proj.unsqueeze(1)
-    img = img + wave.unsqueeze(1)
+    U = _uniform(g)
+    gx, gy = _grid(B, size)
+    img = _background(U, gx, gy, wave_along_y=True)
     if clutter:
-        for _ in range(3):  # ellipses of random colour
-            cx, cy = U(B, lo=-1, hi=1).view(-1, 1, 1), U(B, lo=-1, hi=1).view(-1, 1, 1)
-            rx, ry = U(B, lo=0.05, hi=0.22).view(-1, 1, 1), U(B, lo=0.05, hi=0.22).view(-1, 1, 1)
-            e = torch.sigmoid((1.0 - ((gx - cx) / rx) ** 2 - ((gy - cy) / ry) ** 2) * 4.0) * U(B, hi=0.7).view(-1, 1, 1)
-            col = _hsv_to_rgb(U(B), U(B), U(B, lo=0.2, hi=1.0)).view(B, 3, 1, 1)
-            img = img * (1 - e.unsqueeze(1)) + col * e.unsqueeze(1)
-        # a small distractor of any shape at any rotation (carries no information on the label)
-        d_theta = U(B, hi=2 * math.pi)
-        d_scale = U(B, lo=0.15, hi=0.28)
-        d_ox, d_oy = U(B, lo=-0.8, hi=0.8), U(B, lo=-0.8, hi=0.8)
-        dc, ds = torch.cos(d_theta).view(-1, 1, 1), torch.sin(d_theta).view(-1, 1, 1)
-        ddx, ddy = gx - d_ox.view(-1, 1, 1), gy - d_oy.view(-1, 1, 1)
-        dlx = (dc * ddx + ds * ddy) / d_scale.view(-1, 1, 1)
-        dly = (-ds * ddx + dc * ddy) / d_scale.view(-1, 1, 1)
-        d_mask = _shape_mask(torch.randint(0, 10, (B,), generator=g), dlx, dly) * U(B, lo=0.4, hi=0.9).view(-1, 1, 1)
-        d_col = _hsv_to_rgb(U(B), U(B, lo=0.3, hi=1.0), U(B, lo=0.3, hi=1.0)).view(B, 3, 1, 1)
-        img = img * (1 - d_mask.unsqueeze(1)) + d_col * d_mask.unsqueeze(1)
+        img = _clutter(img, U, g, gx, gy, ellipse_radius=0.22, ellipse_alpha=0.7, distractor_scale=(0.15, 0.28),
+                       distractor_offset=0.8, distractor_alpha=(0.4, 0.9))
     # the object: rotated by the label
     ids = torch.tensor(list(ORIENTED_SHAPES))
     sid = ids[torch.randint(0, len(ids), (B,), generator=g)]
     theta = angles_deg.float() * (math.pi / 180.0)
     scale = U(B, lo=0.45, hi=0.72)
     ox, oy = U(B, lo=-0.2, hi=0.2), U(B, lo=-0.2, hi=0.2)
-    c, s = torch.cos(theta).view(-1, 1, 1), torch.sin(theta).view(-1, 1, 1)
-    dx, dy = gx - ox.view(-1, 1, 1), gy - oy.view(-1, 1, 1)
-    lx = (c * dx + s * dy) / scale.view(-1, 1, 1)
-    ly = (-s * dx + c * dy) / scale.view(-1, 1, 1)
+    lx, ly = _local(gx, gy, theta, scale, ox, oy)
     mask = _shape_mask(sid, lx, ly)
     hue = U(B)
     sat, val = U(B, lo=0.45, hi=1.0), U(B, lo=0.5, hi=1.0)
-    col_a = _hsv_to_rgb(hue, sat, val)
-    col_b = _hsv_to_rgb((hue + U(B, lo=0.3, hi=0.7)) % 1.0, sat, torch.clamp(val * U(B, lo=0.3, hi=0.8), 0, 1))
-    tex = _texture(torch.randint(0, 10, (B,), generator=g), lx, ly, U(B, lo=2.0, hi=4.0), mask)
-    fg = col_a.view(B, 3, 1, 1) * (1 - tex).unsqueeze(1) + col_b.view(B, 3, 1, 1) * tex.unsqueeze(1)
-    img = img * (1 - mask.unsqueeze(1)) + fg * mask.unsqueeze(1)
+    img = _paint(img, U, mask, lambda: torch.randint(0, 10, (B,), generator=g), lx, ly, hue, sat, val, freq=(2.0, 4.0))
     img = img * U(B, lo=0.8, hi=1.15).view(-1, 1, 1, 1)
     if noise > 0:
         img = img + torch.randn(img.shape, generator=g) * (noise * U(B, lo=0.5, hi=1.5)).view(-1, 1, 1, 1)
