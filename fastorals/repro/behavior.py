@@ -128,6 +128,7 @@ def _multipath(cfg: dict, seed: int, timings: dict) -> tuple[dict, dict]:
         "C-BeT": _bet(2, 1, cfg),
         "BeT (unconditional)": _bet(2, 0, cfg),
         "MLP BC": MLPPolicy(2, 2, history=HISTORY),
+        "GC-BC (MLP)": MLPPolicy(2, 2, history=HISTORY, goal_tokens=1),
     }
     for i, (name, pol) in enumerate(policies.items()):
         steps = cfg["path_bet_steps"] if isinstance(pol, BehaviorTransformer) else cfg["mlp_steps"]
@@ -196,13 +197,11 @@ def _plot(goal_art: dict, path_art: dict, out_dir: str) -> str:
         ax.set_ylim(-4, 4)
         ax.set_aspect("equal")
     pdata = path_art["data"]
-    pnames = ["demonstrations", *path_art["trajs"]]
-    for j in range(len(names)):
+    for j, name in enumerate(names):  # same column order as the top row
         ax = axes[1, j]
-        if j >= len(pnames):
+        if name != "demonstrations" and name not in path_art["trajs"]:
             ax.axis("off")
             continue
-        name = pnames[j]
         ax.set_title(f"multi-path: {name}", fontsize=9)
         if name == "demonstrations":
             for n in range(min(60, len(pdata))):
