@@ -607,6 +607,16 @@ def swap(z: torch.Tensor, z_donor: torch.Tensor, decomposition: KoopmanDecomposi
         raise TypeError(f"decomposition: expected a KoopmanDecomposition, got {type(decomposition).__name__}")
     decomposition._check_z(z, "z")
     decomposition._check_z(z_donor, "z_donor")
+    try:
+        shape = torch.broadcast_shapes(z.shape, z_donor.shape)
+    except RuntimeError:
+        shape = None
+    if shape != z.shape:
+        raise ValueError(f"z_donor: expected a shape broadcastable to z {tuple(z.shape)} (e.g. the same (N, T, k), "
+                         f"or (N, 1, k)), got {tuple(z_donor.shape)}")
+    for name, t in (("z", z), ("z_donor", z_donor)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: latents contain NaN or inf")
     idx = decomposition.indices(which)
     phi = decomposition.coordinates(z)
     phi_d = decomposition.coordinates(z_donor)

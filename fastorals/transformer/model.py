@@ -292,6 +292,11 @@ class GPT(nn.Module):
     def _embed(self, x: torch.Tensor, pos: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         if valid is not None and self.config.vocab_size is not None:
             x = x.masked_fill(~valid, 0)  # padded slots may hold any id
+        if self.config.vocab_size is not None and x.numel() and x.device.type != "cuda":  # no host sync on CUDA
+            lo, hi = int(x.min()), int(x.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(f"GPT: token ids must be in [0, vocab_size={self.config.vocab_size}), "
+                                 f"got min {lo}, max {hi}")
         h = self.embed(x)
         if self.pos_embed is not None:
             h = h + self.pos_embed(pos.clamp(0, self.config.block_size - 1))

@@ -170,6 +170,12 @@ def test_errors(world):
         swap(z[..., :5], z, dec)
     with assert_raises(ValueError, "z_donor", "k mismatch"):
         swap(z, z[..., :5], dec)
+    with assert_raises(ValueError, "z_donor", "broadcastable"):
+        swap(z, z[:, :-1], dec)
+    with assert_raises(ValueError, "z_donor", "broadcastable"):
+        swap(z[:1], z, dec)
+    with assert_raises(ValueError, "z_donor", "NaN"):
+        swap(z, torch.full_like(z, float("nan")), dec)
     with assert_raises(ValueError, "which", "unknown factor", "hair"):
         swap(z, z, dec, "hair")
     with assert_raises(ValueError, "which", "out of range"):

@@ -157,6 +157,10 @@ def test_bad_inputs_and_configs():
         m(torch.randn(2, 3, 4, dtype=torch.float64))
     with assert_raises(ValueError, "integer token ids"):
         _model("tok")(torch.randn(2, 3))
+    with assert_raises(ValueError, "vocab_size=11", "max 11"):
+        _model("tok")(torch.tensor([[0, 11]]))
+    with assert_raises(ValueError, "vocab_size=11", "min -1"):
+        _model("tok")(torch.tensor([[-1, 3]]))
     with assert_raises(ValueError, "block_size=48"):
         m(torch.randn(1, 49, 5, dtype=torch.float64))
     with assert_raises(ValueError, "lengths", "(2,)"):
