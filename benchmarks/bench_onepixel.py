@@ -57,6 +57,10 @@ def _verify(fast_out, other, name):
         assert torch.equal(fast_out.positions, other.positions) and torch.equal(fast_out.colors, other.colors), name
 
 
+def _verify_sums(fast_out, other, name):
+    assert all(torch.equal(a, b) for a, b in zip(fast_out, other)), f"class sums differ from {name}"
+
+
 def _with(backend, x, y):
     def run():
         with fastorals.use_backend(backend):
@@ -100,6 +104,15 @@ def cases(mode: str, device: str):
         yield Case(op="search_shortcut", shape=shape, dtype="uint8", device="cpu", fast=fast,
                    reference=_with("reference", x, y), peers=peers, backend=backends,
                    bytes=x.numel(), verify=_verify, skip=skip, max_time_s=3.0)
+        if fastorals._ext.HAS_EXT:
+            # the reduction pass alone (the bandwidth goal): one read of the data set
+            from fastorals.onepixel import ops
+
+            yield Case(op="class_sums", shape=shape, dtype="uint8", device="cpu",
+                       fast={"fastorals": lambda x=x, y=y, k=k: ops.class_sums_cpp(x, y, k)},
+                       reference=lambda x=x, y=y, k=k: ops.class_sums_torch(x, y, k), backend="cpp",
+                       bytes=x.numel() + y.numel() * 8, verify=_verify_sums, max_time_s=3.0,
+                       note="reduction pass only: exact per-class S1, S2 (score and argmax excluded)")
         if size <= 64:
             xf = x.float() / 255
             ff = {"fastorals": _with("cpp", xf, y)} if fastorals._ext.HAS_EXT else {}

@@ -1,7 +1,7 @@
 """Launchers and ``torch.library`` ops of the OPS search.
 
 ``fastorals::onepixel_class_sums``     C++ kernel (CPU): per-class S1 = sum x, S2 = sum x^2
-``fastorals::onepixel_scores_triton``  Triton kernels (GPU): reduction + score (see triton.py)
+``fastorals::onepixel_class_sums_triton``  Triton kernel (GPU): the reduction (the score runs in PyTorch, see triton.py)
 
 ``scores_from_sums`` (plain PyTorch, traceable) turns sums into scores [K, H*W, 2^C] and
 ``select`` is the exclusion-aware argmax shared by every backend.
