@@ -1,6 +1,7 @@
 """One-Pixel Shortcut reproduction: how much clean test accuracy a model keeps when trained on
 clean, OPS-perturbed, EM-perturbed (error-minimizing noise) and OPS+EM ("CIFAR-10-S") data,
-under standard training, strong augmentation and PGD adversarial training.
+under training without augmentation, standard training (random crop + flip), strong augmentation
+and PGD adversarial training.
 
 Data: the procedural image set (``fastorals.data.synthetic_splits``), or CIFAR-10 when
 ``FASTORALS_CIFAR10_ROOT`` points at a local copy (the standard python-pickle directory).
@@ -106,6 +107,7 @@ def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
 
     sets = {"clean": x, "OPS": x_ops, "EM": x_em, "OPS+EM": x_s}
     regimes = {
+        "no-aug": dict(augment=None, adversarial=None, epochs=cfg["epochs"]),
         "standard": dict(augment=crop_flip, adversarial=None, epochs=cfg["epochs"]),
         "strong-aug": dict(augment=strong_augment, adversarial=None, epochs=cfg["epochs"]),
         "adversarial": dict(augment=crop_flip, epochs=cfg["at_epochs"],
