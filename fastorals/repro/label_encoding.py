@@ -212,7 +212,7 @@ def _plot_codes(codes: torch.Tensor, label_range: tuple[float, float], out_dir: 
     return savefig(fig, out_dir, name)
 
 
-@register("label_encoding", "RLEL vs direct regression, multiclass and BEL codes: MAE on rotated shapes and diabetes")
+@register("label_encoding", "RLEL vs direct regression, multiclass and BEL codes: MAE on rotated shapes, diabetes and Friedman #1")
 def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
     cfg = CONFIG[mode]
     t0, c0 = time.perf_counter(), _cpu_seconds()
