@@ -221,3 +221,22 @@ def test_float_sums_exact_across_flushes(dtype):
     b1, b2, _ = ops_mod.class_sums_torch(x, y, 2)
     assert torch.equal(a1, b1) and torch.equal(a2, b2)
     assert stats[2] == 0 and float(stats[1]) == 1.0
+
+
+@pytest.mark.skipif(not _ext.HAS_EXT, reason="C++ extension not built")
+@pytest.mark.parametrize("n", [257, 258, 1030, 1031])
+def test_cpp_sums_exact_across_flushes_and_tails(n):
+    """Saturated values over class sizes around the uint16 flush period (257 images), in groups of
+    four images plus a tail: the C++ sums equal int64 sums computed directly."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.full((n + 5, 2, 3, 5), 255, dtype=torch.uint8)
+    x[n:] = torch.randint(0, 256, (5, 2, 3, 5), dtype=torch.uint8, generator=g)  # a second class
+    x[: n // 3] = torch.randint(250, 256, (n // 3, 2, 3, 5), dtype=torch.uint8, generator=g)
+    y = torch.cat([torch.zeros(n, dtype=torch.int64), torch.ones(5, dtype=torch.int64)])
+    perm = torch.randperm(n + 5, generator=g)
+    x, y = x[perm], y[perm]
+    s1, s2, _ = ops_mod.class_sums_cpp(x, y, 2)
+    xi = x.to(torch.int64).flatten(2)
+    for k in range(2):
+        assert torch.equal(s1[k], xi[y == k].sum(0))
+        assert torch.equal(s2[k], (xi[y == k] ** 2).sum(0))
