@@ -12,7 +12,7 @@ import torch
 
 import fastorals
 from benchmarks.harness import Case, Suite
-from fastorals.onepixel import search_shortcut
+from fastorals.onepixel import ops, search_shortcut
 
 
 def official_loop_search(images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[tuple[int, int, int]]:
@@ -106,8 +106,6 @@ def cases(mode: str, device: str):
                    bytes=x.numel(), verify=_verify, skip=skip, max_time_s=3.0)
         if fastorals._ext.HAS_EXT:
             # the reduction pass alone (the bandwidth goal): one read of the data set
-            from fastorals.onepixel import ops
-
             yield Case(op="class_sums", shape=shape, dtype="uint8", device="cpu",
                        fast={"fastorals": lambda x=x, y=y, k=k: ops.class_sums_cpp(x, y, k)},
                        reference=lambda x=x, y=y, k=k: ops.class_sums_torch(x, y, k), backend="cpp",

@@ -293,7 +293,7 @@ class GPT(nn.Module):
         if valid is not None and self.config.vocab_size is not None:
             x = x.masked_fill(~valid, 0)  # padded slots may hold any id
         if self.config.vocab_size is not None and x.numel() and x.device.type != "cuda":  # no host sync on CUDA
-            lo, hi = int(x.min()), int(x.max())
+            lo, hi = (int(t) for t in torch.aminmax(x))  # one pass
             if lo < 0 or hi >= self.config.vocab_size:
                 raise ValueError(f"GPT: token ids must be in [0, vocab_size={self.config.vocab_size}), "
                                  f"got min {lo}, max {hi}")
