@@ -47,6 +47,7 @@ typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 typedef double v8d __attribute__((vector_size(64)));
 typedef int64_t v8l __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
 
 template <typename T>
 struct VT;
@@ -127,15 +128,61 @@ struct Scratch {
   std::vector<T> xt, best, second;
   std::vector<typename VT<T>::I> idx, amb;
   std::vector<int64_t> todo;
-  Scratch(int D, int G) : xt(static_cast<size_t>(D) * G), best(G), second(G), idx(G), amb(G), todo(kBlock) {}
+  std::vector<double> pad;  // [K][8] per-cluster sums of a block (D == 8)
+  Scratch(int D, int G, int64_t K)
+      : xt(static_cast<size_t>(D) * G), best(G), second(G), idx(G), amb(G), todo(kBlock),
+        pad(D == 8 ? static_cast<size_t>(K) * 8 : 0) {}
 };
+
+// float32 points of dimension 8, two vectors of 16 per group: lane groups of consecutive points are
+// transposed in registers (transpose_16x8) instead of through memory.
+template <typename T, int DT, int P>
+constexpr bool kRegisterTranspose = std::is_same<T, float>::value && DT == 8 && P == 2;
+
+// 16 consecutive float32 points of dimension 8 (row-major, 8 vectors of two points) -> out[d] =
+// dimension d of the 16 points, lane = point. Three rounds of two-input shuffles, each moving one
+// bit of the point index from the vector number into the lane number and one bit of the dimension
+// the other way (24 shuffles, no stores).
+inline __attribute__((always_inline)) void transpose_16x8(const float* FASTORALS_RESTRICT src, v16f out[8]) {
+  v16f r[8];
+  for (int v = 0; v < 8; ++v) std::memcpy(&r[v], src + 16 * v, sizeof(v16f));
+  // r[v], lane (p0 d2 d1 d0): point 2v + p0. Round 1 pairs points 2v, 2v+8 and splits on d2:
+  // lanes (p3 p0 d1 d0), vector (d2, p2 p1)
+  const v16i ma = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+  v16f a[2][4];
+  for (int v = 0; v < 4; ++v) {
+    a[0][v] = __builtin_shuffle(r[v], r[v + 4], ma);
+    a[1][v] = __builtin_shuffle(r[v], r[v + 4], ma + 4);
+  }
+  // round 2 pairs p2 = 0/1 and splits on d1: lanes (p2 p3 p0 d0), vector (d2, d1, p1)
+  const v16i mb = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
+  v16f b[2][2][2];
+  for (int h = 0; h < 2; ++h)
+    for (int v = 0; v < 2; ++v) {
+      b[h][0][v] = __builtin_shuffle(a[h][v], a[h][v + 2], mb);
+      b[h][1][v] = __builtin_shuffle(a[h][v], a[h][v + 2], mb + 2);
+    }
+  // round 3 pairs p1 = 0/1, splits on d0 and puts lane = point (p3 p2 p1 p0):
+  // source lane p1*16 + p2*8 + p3*4 + p0*2 + d0
+  v16i mc;
+  for (int o = 0; o < 16; ++o) {
+    const int p3 = (o >> 3) & 1, p2 = (o >> 2) & 1, p1 = (o >> 1) & 1, p0 = o & 1;
+    mc[o] = p1 * 16 + p2 * 8 + p3 * 4 + p0 * 2;
+  }
+  for (int h = 0; h < 2; ++h)
+    for (int h1 = 0; h1 < 2; ++h1) {
+      out[h * 4 + h1 * 2 + 0] = __builtin_shuffle(b[h][h1][0], b[h][h1][1], mc);
+      out[h * 4 + h1 * 2 + 1] = __builtin_shuffle(b[h][h1][0], b[h][h1][1], mc + 1);
+    }
+}
 
 // Screening of one group of P*L points against all K centres.
 // xt: [D][P*L] transposed points. Outputs per lane: an upper bound on the distance to the winner and
 // a lower bound on the distance to every other centre (best_out / second_out), index of the winner,
 // whether the point needs an exact recheck.
-template <typename T, int DT, int P>
-inline __attribute__((always_inline)) void screen_group(const T* FASTORALS_RESTRICT xt, int D,
+template <typename T, int DT, int P, bool BOUNDS>
+inline __attribute__((always_inline)) bool screen_group(const T* FASTORALS_RESTRICT xt,
+                                                        const T* FASTORALS_RESTRICT rows, int D,
                                                         const T* FASTORALS_RESTRICT cm2,
                                                         const T* FASTORALS_RESTRICT cn, int64_t K, T coef, T floor_abs,
                                                         T cmax, T* FASTORALS_RESTRICT best_out,
@@ -150,7 +197,20 @@ inline __attribute__((always_inline)) void screen_group(const T* FASTORALS_RESTR
   V xv[DS][P];
   V xn[P];
   for (int p = 0; p < P; ++p) xn[p] = V{};
-  if constexpr (DT > 0) {
+  if constexpr (kRegisterTranspose<T, DT, P>) {
+    if (rows != nullptr) {
+      for (int p = 0; p < P; ++p) {
+        V t[8];
+        transpose_16x8(rows + p * 16 * 8, t);
+        for (int d = 0; d < 8; ++d) xv[d][p] = t[d];
+      }
+    } else {
+      for (int d = 0; d < DT; ++d)
+        for (int p = 0; p < P; ++p) std::memcpy(&xv[d][p], xt + (d * P + p) * L, sizeof(V));
+    }
+    for (int d = 0; d < DT; ++d)
+      for (int p = 0; p < P; ++p) xn[p] += xv[d][p] * xv[d][p];
+  } else if constexpr (DT > 0) {
     for (int d = 0; d < DT; ++d)
       for (int p = 0; p < P; ++p) {
         std::memcpy(&xv[d][p], xt + (d * P + p) * L, sizeof(V));
@@ -165,6 +225,7 @@ inline __attribute__((always_inline)) void screen_group(const T* FASTORALS_RESTR
       }
   }
   const T inf = std::numeric_limits<T>::infinity();
+  IV any_amb = IV{};
   V b[P], s[P];
   IV id[P];
   for (int p = 0; p < P; ++p) {
@@ -204,6 +265,10 @@ inline __attribute__((always_inline)) void screen_group(const T* FASTORALS_RESTR
     // gap <= tolerance (also true for NaN gaps, never for K == 1 where s = inf)
     const V tol = coef * (xn[p] + cmax) + floor_abs;
     const IV amb = (s[p] - b[p] > tol) ? IV{} : IV{} + static_cast<I>(1);
+    any_amb |= amb;
+    std::memcpy(idx_out + p * L, &id[p], sizeof(IV));
+    std::memcpy(amb_out + p * L, &amb, sizeof(IV));
+    if constexpr (!BOUNDS) continue;
     // distance bounds: tol covers the screening error plus the rounding of these sums; the factors
     // cover sqrt and the products (see the file comment)
     V hi = b[p] + xn[p] + tol;
@@ -219,9 +284,10 @@ inline __attribute__((always_inline)) void screen_group(const T* FASTORALS_RESTR
     lb = lb * static_cast<T>(1.0 - 4e-6);
     std::memcpy(best_out + p * L, &ub, sizeof(V));
     std::memcpy(second_out + p * L, &lb, sizeof(V));
-    std::memcpy(idx_out + p * L, &id[p], sizeof(IV));
-    std::memcpy(amb_out + p * L, &amb, sizeof(IV));
   }
+  I any = 0;
+  for (int l = 0; l < L; ++l) any |= any_amb[l];
+  return any != 0;
 }
 
 // Points per screening group for dimension D: two vectors of points for D <= 8, else one.
@@ -342,12 +408,42 @@ inline __attribute__((always_inline)) void block_impl(const PassCtx<T>& ctx, int
   T* xt = sc.xt.data();
   for (int64_t g0 = 0; g0 < ntodo; g0 += G) {
     const int64_t n = std::min<int64_t>(G, ntodo - g0);
-    for (int j = 0; j < G; ++j) {  // missing lanes: copies of the last point
-      const T* xi = x + todo[g0 + std::min<int64_t>(j, n - 1)] * D;
-      for (int d = 0; d < D; ++d) xt[d * G + j] = xi[d];
+    const T* rows = nullptr;  // a run of G consecutive points, transposed in registers
+    if (n == G && todo[g0 + G - 1] - todo[g0] == G - 1) {
+      if constexpr (kRegisterTranspose<T, DT, P>) {
+        rows = x + todo[g0] * D;
+      } else {
+        // strided reads of one dimension at a time, contiguous lane writes
+        const T* FASTORALS_RESTRICT xb = x + todo[g0] * D;
+        for (int d = 0; d < D; ++d)
+          for (int j = 0; j < G; ++j) xt[d * G + j] = xb[j * D + d];
+      }
+    } else {
+      for (int j = 0; j < G; ++j) {  // missing lanes: copies of the last point
+        const T* xi = x + todo[g0 + std::min<int64_t>(j, n - 1)] * D;
+        for (int d = 0; d < D; ++d) xt[d * G + j] = xi[d];
+      }
     }
-    screen_group<T, DT, P>(xt, D, ctx.cm2, ctx.cn, ctx.K, ctx.coef, ctx.floor_abs, ctx.cmax, sc.best.data(),
-                           sc.second.data(), sc.idx.data(), sc.amb.data());
+    bool any_amb;
+    if (ctx.upper != nullptr)
+      any_amb = screen_group<T, DT, P, true>(xt, rows, D, ctx.cm2, ctx.cn, ctx.K, ctx.coef, ctx.floor_abs, ctx.cmax, sc.best.data(),
+                                   sc.second.data(), sc.idx.data(), sc.amb.data());
+    else
+      any_amb = screen_group<T, DT, P, false>(xt, rows, D, ctx.cm2, ctx.cn, ctx.K, ctx.coef, ctx.floor_abs, ctx.cmax, sc.best.data(),
+                                    sc.second.data(), sc.idx.data(), sc.amb.data());
+    if (!any_amb && ctx.upper == nullptr && todo[g0 + n - 1] - todo[g0] == n - 1) {
+      // consecutive points, every winner certified, no bounds: a vectorisable copy of the labels
+      int64_t* FASTORALS_RESTRICT out = labels + todo[g0];
+      const typename VT<T>::I* FASTORALS_RESTRICT win = sc.idx.data();
+      int64_t ch = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t lab = static_cast<int64_t>(win[j]);
+        ch += out[j] != lab;
+        out[j] = lab;
+      }
+      changed += ch;
+      continue;
+    }
     for (int64_t j = 0; j < n; ++j) {
       const int64_t i = todo[g0 + j];
       int64_t lab;
@@ -371,7 +467,32 @@ inline __attribute__((always_inline)) void block_impl(const PassCtx<T>& ctx, int
     }
   }
   // phase 3: block-local sums in index order
-  if (sums != nullptr) {
+  if (sums != nullptr && DT == 8) {
+    // one 8-lane float64 vector per cluster, the same index-order sum in every lane (a narrower
+    // row would be copied into a vector through the stack: slower than the scalar loop below)
+    double* FASTORALS_RESTRICT ps = sc.pad.data();
+    std::fill(ps, ps + ctx.K * 8, 0.0);
+    std::fill(counts, counts + ctx.K, int64_t{0});
+    constexpr int DV = 8;
+    for (int64_t i = b0; i < b1; ++i) {
+      const int64_t a = labels[i];
+      v8d xd;
+      if constexpr (std::is_same<T, float>::value) {
+        v8f xv;
+        std::memcpy(&xv, x + i * DV, sizeof(v8f));
+        xd = __builtin_convertvector(xv, v8d);
+      } else {
+        std::memcpy(&xd, x + i * DV, sizeof(v8d));
+      }
+      v8d acc;
+      std::memcpy(&acc, ps + a * 8, sizeof(v8d));
+      acc += xd;
+      std::memcpy(ps + a * 8, &acc, sizeof(v8d));
+      ++counts[a];
+    }
+    for (int64_t k = 0; k < ctx.K; ++k)
+      for (int d = 0; d < DV; ++d) sums[k * DV + d] = ps[k * 8 + d];
+  } else if (sums != nullptr) {
     std::fill(sums, sums + ctx.K * D, 0.0);
     std::fill(counts, counts + ctx.K, int64_t{0});
     for (int64_t i = b0; i < b1; ++i) {
@@ -566,7 +687,7 @@ std::tuple<int64_t, int64_t, int64_t> lloyd_pass_impl(carray<T> x_arr, carray<T>
     std::vector<int64_t> part_stats(static_cast<size_t>(wave) * 3);
     std::vector<Scratch<T>> scratch;
     scratch.reserve(threads);
-    for (int t = 0; t < threads; ++t) scratch.emplace_back(D, G);
+    for (int t = 0; t < threads; ++t) scratch.emplace_back(D, G, K);
     for (int64_t w0 = 0; w0 < nblocks; w0 += wave) {
       const int64_t nw = std::min(wave, nblocks - w0);
       parallel_for_dynamic(nw, threads, [&](int64_t j) {

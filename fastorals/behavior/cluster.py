@@ -54,8 +54,9 @@ def _check_points(x: torch.Tensor, name: str = "x") -> torch.Tensor:
         raise ValueError(f"{name}: expected at least one point and one dimension, got shape {tuple(x.shape)}")
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:
+    lo, hi = torch.aminmax(x)  # one pass; NaN propagates, so finite extremes mean finite values
+    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+        bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name}: {bad} values are NaN or infinite; k-means needs finite values")
     return x
 

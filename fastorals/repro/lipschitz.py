@@ -35,8 +35,8 @@ EPS = (36 / 255, 72 / 255, 108 / 255, 255 / 255)
 CONFIGS: dict[str, dict[str, Any]] = {
     "smoke": {"n_train": 384, "n_test": 128, "size": 16, "n_conv": 2, "n_dense": 1, "width": 8, "dense_inner": 64,
               "epochs": 1, "batch": 64, "pgd_steps": 5, "n_attack": 64, "lr": 0.01},
-    "quick": {"n_train": 5000, "n_test": 500, "size": 32, "n_conv": 4, "n_dense": 2, "width": 24,
-              "dense_inner": 512, "epochs": 6, "batch": 100, "pgd_steps": 10, "n_attack": 250, "lr": 0.01},
+    "quick": {"n_train": 10000, "n_test": 500, "size": 32, "n_conv": 4, "n_dense": 2, "width": 24,
+              "dense_inner": 512, "epochs": 25, "batch": 100, "pgd_steps": 10, "n_attack": 250, "lr": 0.01},
     "full": {"n_train": 50000, "n_test": 10000, "size": 32, "n_conv": 20, "n_dense": 7, "width": 45,
              "dense_inner": 2048, "epochs": 100, "batch": 256, "pgd_steps": 100, "n_attack": 1000, "lr": 0.01},
 }

@@ -91,6 +91,45 @@ def test_labels_and_sums_of_one_pass(backend):
 
 
 @pytest.mark.skipif(not _ext.HAS_EXT, reason="needs the C++ extension")
+@pytest.mark.parametrize("d", [1, 2, 7, 8, 9, 16, 17])
+@pytest.mark.parametrize("data", ["gauss", "grid"])
+def test_cpp_pass_every_group_layout(d, data):
+    """Lane groups transposed in registers (float32, D = 8) or through memory, partial last groups,
+    several blocks, exact ties: one pass equals the reference (labels, counts, float64 sums)."""
+    g = torch.Generator().manual_seed(d)
+    n = 2 * 4096 + 45
+    if data == "gauss":
+        x = torch.randn(n, d, generator=g)
+    else:  # integer grid: exact ties between centres
+        x = torch.randint(-2, 3, (n, d), generator=g).float()
+    c = x[torch.randperm(n, generator=g)[:40]].clone() + (0.0 if data == "grid" else 0.01)
+    lab = torch.full((n,), -1, dtype=torch.int64)
+    sums, counts, _ = bops.lloyd_pass_cpp(x, c, lab, True, 2.0**-24)
+    rl, _ = reference.assign_reference(x, c)
+    rs, rc = reference.update_reference(x, rl, 40)
+    assert torch.equal(lab, rl) and torch.equal(counts, rc)
+    assert_close(sums, rs, kind="kernel")
+    # the same points through the gathered (non-consecutive) path of bounded passes
+    up, lo = torch.empty(n), torch.empty(n)
+    drift = torch.zeros(40, dtype=torch.float64)
+    lab2 = torch.full((n,), -1, dtype=torch.int64)
+    bops.lloyd_pass_cpp(x, c, lab2, False, 2.0**-24, up, lo, drift, 0.0)
+    c2 = c + 0.05
+    motion, half = bops.centre_motion(c, c2)
+    bops.lloyd_pass_cpp(x, c2, lab2, False, 2.0**-24, up, lo, drift + motion, float(motion.max()), half)
+    assert torch.equal(lab2, reference.assign_reference(x, c2)[0])
+
+
+def test_nan_found_in_large_inputs():
+    x = torch.randn(300_001, 8)
+    for v, at in ((float("nan"), 123_457), (float("inf"), 300_000), (-float("inf"), 0)):
+        bad = x.clone()
+        bad[at, 5] = v
+        with assert_raises(ValueError, "x", "NaN or infinite"):
+            kmeans(bad, 4, 1)
+
+
+@pytest.mark.skipif(not _ext.HAS_EXT, reason="needs the C++ extension")
 def test_cpp_independent_of_thread_count():
     x = torch.randn(30000, 6, generator=torch.Generator().manual_seed(2))
     old = torch.get_num_threads()
