@@ -30,6 +30,7 @@
 #include <cstring>
 #include <limits>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <pybind11/stl.h>
@@ -134,46 +135,105 @@ struct Scratch {
         pad(D == 8 ? static_cast<size_t>(K) * 8 : 0) {}
 };
 
-// float32 points of dimension 8, two vectors of 16 per group: lane groups of consecutive points are
-// transposed in registers (transpose_16x8) instead of through memory.
+// float32 points of dimension D = 1, 2, 4, 8 or 16: lane groups of consecutive points are transposed
+// in registers (transpose_16) instead of through memory.
 template <typename T, int DT, int P>
-constexpr bool kRegisterTranspose = std::is_same<T, float>::value && DT == 8 && P == 2;
+constexpr bool kRegisterTranspose =
+    std::is_same<T, float>::value && (DT == 1 || DT == 2 || DT == 4 || DT == 8 || DT == 16);
 
-// 16 consecutive float32 points of dimension 8 (row-major, 8 vectors of two points) -> out[d] =
-// dimension d of the 16 points, lane = point. Three rounds of two-input shuffles, each moving one
-// bit of the point index from the vector number into the lane number and one bit of the dimension
-// the other way (24 shuffles, no stores).
-inline __attribute__((always_inline)) void transpose_16x8(const float* FASTORALS_RESTRICT src, v16f out[8]) {
-  v16f r[8];
-  for (int v = 0; v < 8; ++v) std::memcpy(&r[v], src + 16 * v, sizeof(v16f));
-  // r[v], lane (p0 d2 d1 d0): point 2v + p0. Round 1 pairs points 2v, 2v+8 and splits on d2:
-  // lanes (p3 p0 d1 d0), vector (d2, p2 p1)
-  const v16i ma = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
-  v16f a[2][4];
-  for (int v = 0; v < 4; ++v) {
-    a[0][v] = __builtin_shuffle(r[v], r[v + 4], ma);
-    a[1][v] = __builtin_shuffle(r[v], r[v + 4], ma + 4);
-  }
-  // round 2 pairs p2 = 0/1 and splits on d1: lanes (p2 p3 p0 d0), vector (d2, d1, p1)
-  const v16i mb = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
-  v16f b[2][2][2];
-  for (int h = 0; h < 2; ++h)
-    for (int v = 0; v < 2; ++v) {
-      b[h][0][v] = __builtin_shuffle(a[h][v], a[h][v + 2], mb);
-      b[h][1][v] = __builtin_shuffle(a[h][v], a[h][v + 2], mb + 2);
+// Shuffle masks of transpose_16 for D = 2^t, derived by following every element: m[r][h] is the
+// two-input shuffle of round r giving the output vector with bit r of its number = h. ok: every
+// round uses one mask pair for all vector pairs and the result is out[d][lane = point].
+struct TransposeMasks {
+  int m[4][2][16];
+  bool ok;
+};
+
+constexpr TransposeMasks transpose_masks(int t) {
+  TransposeMasks tm{};
+  tm.ok = true;
+  const int D = 1 << t;
+  int tag[16][16] = {};  // tag[v][lane] = point * 16 + d of the element held there
+  for (int v = 0; v < D; ++v)
+    for (int l = 0; l < 16; ++l) tag[v][l] = ((v * 16 + l) >> t) * 16 + ((v * 16 + l) & (D - 1));
+  for (int r = 0; r < t; ++r) {
+    int next[16][16] = {};
+    bool first = true;
+    for (int v = 0; v < D; ++v) {
+      if ((v >> r) & 1) continue;
+      const int w = v | (1 << r);
+      for (int h = 0; h < 2; ++h) {
+        const int out = h ? w : v;
+        for (int o = 0; o < 16; ++o) {
+          int idx = -1;
+          if (r < t - 1) {
+            // keep the lanes whose dimension bit r is h; lane bit r takes vector bit r (a point bit)
+            idx = ((o >> r) & 1) * 16 + ((o & ~(1 << r)) | (h << r));
+          } else {
+            // last round: lane = point, vector number = dimension
+            for (int q = 0; q < 32; ++q)
+              if ((q < 16 ? tag[v][q] : tag[w][q - 16]) == o * 16 + out) idx = q;
+          }
+          if (idx < 0) tm.ok = false;
+          if (first)
+            tm.m[r][h][o] = idx;
+          else if (tm.m[r][h][o] != idx)
+            tm.ok = false;
+          next[out][o] = idx < 0 ? -1 : (idx < 16 ? tag[v][idx] : tag[w][idx - 16]);
+        }
+      }
+      first = false;
     }
-  // round 3 pairs p1 = 0/1, splits on d0 and puts lane = point (p3 p2 p1 p0):
-  // source lane p1*16 + p2*8 + p3*4 + p0*2 + d0
-  v16i mc;
-  for (int o = 0; o < 16; ++o) {
-    const int p3 = (o >> 3) & 1, p2 = (o >> 2) & 1, p1 = (o >> 1) & 1, p0 = o & 1;
-    mc[o] = p1 * 16 + p2 * 8 + p3 * 4 + p0 * 2;
+    for (int v = 0; v < D; ++v)
+      for (int l = 0; l < 16; ++l) tag[v][l] = next[v][l];
   }
-  for (int h = 0; h < 2; ++h)
-    for (int h1 = 0; h1 < 2; ++h1) {
-      out[h * 4 + h1 * 2 + 0] = __builtin_shuffle(b[h][h1][0], b[h][h1][1], mc);
-      out[h * 4 + h1 * 2 + 1] = __builtin_shuffle(b[h][h1][0], b[h][h1][1], mc + 1);
+  for (int d = 0; d < D; ++d)
+    for (int l = 0; l < 16; ++l)
+      if (tag[d][l] != l * 16 + d) tm.ok = false;
+  return tm;
+}
+
+// (only evaluated at compile time: the vector return ABI of the non-AVX-512 clones does not apply)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+template <size_t... I>
+constexpr v16i mask_vector(const int (&m)[16], std::index_sequence<I...>) {
+  return v16i{m[I]...};
+}
+#pragma GCC diagnostic pop
+
+constexpr int log2_dim(int D) { return D == 1 ? 0 : D == 2 ? 1 : D == 4 ? 2 : D == 8 ? 3 : 4; }
+
+// Round RR of transpose_16, masks as compile-time constants.
+template <int D, int RR>
+inline __attribute__((always_inline)) void transpose_round(v16f r[D]) {
+  constexpr int t = log2_dim(D);
+  if constexpr (RR < t) {
+    constexpr TransposeMasks tm = transpose_masks(t);
+    static_assert(tm.ok, "transpose_16: inconsistent shuffle masks");
+    constexpr v16i m0 = mask_vector(tm.m[RR][0], std::make_index_sequence<16>{});
+    constexpr v16i m1 = mask_vector(tm.m[RR][1], std::make_index_sequence<16>{});
+    for (int v = 0; v < D; ++v) {
+      if ((v >> RR) & 1) continue;
+      const int w = v | (1 << RR);
+      const v16f lo = __builtin_shuffle(r[v], r[w], m0);
+      const v16f hi = __builtin_shuffle(r[v], r[w], m1);
+      r[v] = lo;
+      r[w] = hi;
     }
+    transpose_round<D, RR + 1>(r);
+  }
+}
+
+// 16 consecutive float32 points of dimension D (row-major: D vectors) -> r[d] = dimension d of the
+// 16 points, lane = point. log2(D) rounds of two-input shuffles, each moving one bit of the point
+// index from the vector number into the lane number and one bit of the dimension the other way
+// (D log2(D) shuffles, no stores).
+template <int D>
+inline __attribute__((always_inline)) void transpose_16(const float* FASTORALS_RESTRICT src, v16f r[D]) {
+  static_assert((1 << log2_dim(D)) == D, "transpose_16: D must be 1, 2, 4, 8 or 16");
+  for (int v = 0; v < D; ++v) std::memcpy(&r[v], src + 16 * v, sizeof(v16f));
+  transpose_round<D, 0>(r);
 }
 
 // Screening of one group of P*L points against all K centres.
@@ -200,9 +260,9 @@ inline __attribute__((always_inline)) bool screen_group(const T* FASTORALS_RESTR
   if constexpr (kRegisterTranspose<T, DT, P>) {
     if (rows != nullptr) {
       for (int p = 0; p < P; ++p) {
-        V t[8];
-        transpose_16x8(rows + p * 16 * 8, t);
-        for (int d = 0; d < 8; ++d) xv[d][p] = t[d];
+        V t[DS];
+        transpose_16<DS>(rows + p * 16 * DS, t);
+        for (int d = 0; d < DS; ++d) xv[d][p] = t[d];
       }
     } else {
       for (int d = 0; d < DT; ++d)
