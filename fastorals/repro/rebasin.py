@@ -30,7 +30,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "smoke": dict(mlp_hidden=(64, 64), mlp_epochs=3, resnets=[(0.25, 2)], points=5, resnet_points=3,
                   ste=("mlp",), ste_epochs=1, am_batches=4, eval_n=256, repair_batches=2, images=None),
     "quick": dict(mlp_hidden=(512, 512, 512), mlp_epochs=20, resnets=[(1, 6), (4, 6)], points=25, resnet_points=9,
-                  ste=("mlp", "resnet20x1"), ste_epochs=3, am_batches=None, eval_n=512, repair_batches=4,
+                  ste=("mlp", "resnet20x1", "resnet20x4"), ste_epochs=3, am_batches=None, eval_n=512, repair_batches=4,
                   images=None),
     "full": dict(mlp_hidden=(512, 512, 512), mlp_epochs=40, resnets=[(1, 20), (4, 20)], points=25, resnet_points=25,
                  ste=("mlp", "resnet20x1", "resnet20x4"), ste_epochs=10, am_batches=None, eval_n=2048,
