@@ -9,7 +9,7 @@ most of the barrier that naive interpolation (no permutation) shows, and the bar
 as width grows.
 
 quick: MLP (3 x 512) and ResNet-20 with LayerNorm at width x1 and x4, on the 8x8 digits;
-       25-point curves for the MLP, 9 for the ResNets; STE on the MLP and ResNet-20x1.
+       25-point curves for the MLP, 9 for the ResNets; STE on every model.
 full:  the same on the digits, plus ResNet-20 x1 / x4 / x8 (LayerNorm) on 32x32 procedural
        images (or CIFAR-10 when ``FASTORALS_CIFAR10_ROOT`` is set), 25 points everywhere, STE on
        every model. Several hours on CPU; use a GPU.
