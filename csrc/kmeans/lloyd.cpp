@@ -129,10 +129,10 @@ struct Scratch {
   std::vector<T> xt, best, second;
   std::vector<typename VT<T>::I> idx, amb;
   std::vector<int64_t> todo;
-  std::vector<double> pad;  // [K][8] per-cluster sums of a block (D == 8)
+  std::vector<double> pad;  // [K][D] per-cluster sums of a block (D == 8 or 16)
   Scratch(int D, int G, int64_t K)
       : xt(static_cast<size_t>(D) * G), best(G), second(G), idx(G), amb(G), todo(kBlock),
-        pad(D == 8 ? static_cast<size_t>(K) * 8 : 0) {}
+        pad(D == 8 || D == 16 ? static_cast<size_t>(K) * D : 0) {}
 };
 
 // float32 points of dimension D = 1, 2, 4, 8 or 16: lane groups of consecutive points are transposed
@@ -297,7 +297,17 @@ inline __attribute__((always_inline)) bool screen_group(const T* FASTORALS_RESTR
     V acc[P];
     for (int p = 0; p < P; ++p) acc[p] = V{} + cn[k];
     const T* ck = cm2 + k * D;
-    if constexpr (DT > 0) {
+    if constexpr (DT > 8 && P == 1) {
+      // one vector of points: two partial sums halve the FMA dependency chain (the screening
+      // error bound holds for any summation order)
+      V odd = V{};
+      for (int d = 0; d + 1 < DT; d += 2) {
+        acc[0] += ck[d] * xv[d][0];
+        odd += ck[d + 1] * xv[d + 1][0];
+      }
+      if constexpr (DT % 2 == 1) acc[0] += ck[DT - 1] * xv[DT - 1][0];
+      acc[0] += odd;
+    } else if constexpr (DT > 0) {
       for (int d = 0; d < DT; ++d) {
         const T cd = ck[d];
         for (int p = 0; p < P; ++p) acc[p] += cd * xv[d][p];
@@ -527,31 +537,32 @@ inline __attribute__((always_inline)) void block_impl(const PassCtx<T>& ctx, int
     }
   }
   // phase 3: block-local sums in index order
-  if (sums != nullptr && DT == 8) {
-    // one 8-lane float64 vector per cluster, the same index-order sum in every lane (a narrower
+  if (sums != nullptr && (DT == 8 || DT == 16)) {
+    // 8-lane float64 vectors per cluster, the same index-order sum in every lane (a narrower
     // row would be copied into a vector through the stack: slower than the scalar loop below)
     double* FASTORALS_RESTRICT ps = sc.pad.data();
-    std::fill(ps, ps + ctx.K * 8, 0.0);
+    std::fill(ps, ps + ctx.K * D, 0.0);
     std::fill(counts, counts + ctx.K, int64_t{0});
-    constexpr int DV = 8;
+    constexpr int DV = DT == 16 ? 16 : 8;
     for (int64_t i = b0; i < b1; ++i) {
       const int64_t a = labels[i];
-      v8d xd;
-      if constexpr (std::is_same<T, float>::value) {
-        v8f xv;
-        std::memcpy(&xv, x + i * DV, sizeof(v8f));
-        xd = __builtin_convertvector(xv, v8d);
-      } else {
-        std::memcpy(&xd, x + i * DV, sizeof(v8d));
+      for (int h = 0; h < DV; h += 8) {
+        v8d xd;
+        if constexpr (std::is_same<T, float>::value) {
+          v8f xv;
+          std::memcpy(&xv, x + i * DV + h, sizeof(v8f));
+          xd = __builtin_convertvector(xv, v8d);
+        } else {
+          std::memcpy(&xd, x + i * DV + h, sizeof(v8d));
+        }
+        v8d acc;
+        std::memcpy(&acc, ps + a * DV + h, sizeof(v8d));
+        acc += xd;
+        std::memcpy(ps + a * DV + h, &acc, sizeof(v8d));
       }
-      v8d acc;
-      std::memcpy(&acc, ps + a * 8, sizeof(v8d));
-      acc += xd;
-      std::memcpy(ps + a * 8, &acc, sizeof(v8d));
       ++counts[a];
     }
-    for (int64_t k = 0; k < ctx.K; ++k)
-      for (int d = 0; d < DV; ++d) sums[k * DV + d] = ps[k * 8 + d];
+    for (int64_t k = 0; k < ctx.K * DV; ++k) sums[k] = ps[k];
   } else if (sums != nullptr) {
     std::fill(sums, sums + ctx.K * D, 0.0);
     std::fill(counts, counts + ctx.K, int64_t{0});
