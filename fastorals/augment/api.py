@@ -204,19 +204,48 @@ def sample_chains(
         if not isinstance(max_ops, int) or max_ops < kmax:
             raise ValueError(f"max_ops: expected an int >= the largest num_ops ({kmax}), got {max_ops!r}")
         k = max_ops
-    pool = torch.tensor(O.op_ids(ops), dtype=torch.int64, device=dev)
+    key = (tuple(O.op_ids(ops)), magnitude_mode, tuple((strongest or {}).items()), image_size, max_level,
+           float(official_max_d), dev)
+    try:
+        tab = _CHAIN_TABLES.get(key)
+    except TypeError:  # unhashable arguments: no caching
+        key, tab = None, None
+    if tab is None:
+        tab = _chain_tables(ops, magnitude_mode, strongest, image_size, max_level, official_max_d, dev)
+        if key is not None:
+            if len(_CHAIN_TABLES) > 64:
+                _CHAIN_TABLES.clear()
+            _CHAIN_TABLES[key] = tab
+    pool, base, span, div, valueless, randomly_signed = tab
     choice = torch.randint(0, pool.numel(), (b, k), generator=generator, device=dev)
     sign_draw = torch.randint(0, 2, (b, k), generator=generator, device=dev)
     op = pool[choice]
     active = torch.arange(k, device=dev).unsqueeze(0) < n.unsqueeze(1)
     op = torch.where(active, op, torch.full_like(op, O.NONE))
-    lvl = levels.to(torch.float64).unsqueeze(1).expand(b, k)
     idx = op.clamp(min=0)
+    if magnitude_mode == "monotone" and image_size is None and bool(
+            ((op == O.TRANSLATE_X) | (op == O.TRANSLATE_Y)).any()):
+        raise ValueError("image_size: needed (H, W) for the monotone TranslateX/Y magnitudes")
+    # official: lo + level / d * (hi - lo); monotone: identity + level / max_level * (strongest - identity)
+    lvl = levels.to(torch.float64).unsqueeze(1).expand(b, k)
+    mag = (lvl / div) * span[idx] + base[idx]
+    mag = torch.where(valueless[idx] | ~active, torch.zeros_like(mag), mag)
+    signed_mask = randomly_signed[idx] & active
+    signs = torch.where(signed_mask, sign_draw * 2 - 1, torch.ones_like(sign_draw)).to(torch.int8)
+    return Chains(op.to(torch.int32), mag, signs)
 
+
+# constant per-op tables of sample_chains, by (ops, mode, strongest, image size, levels, device)
+_CHAIN_TABLES: dict = {}
+
+
+def _chain_tables(ops, magnitude_mode, strongest, image_size, max_level, official_max_d, dev):
+    """(pool of op ids, value at level 0, value span, level divisor, value-less mask, randomly signed mask)."""
+    pool = torch.tensor(O.op_ids(ops), dtype=torch.int64, device=dev)
     if magnitude_mode == "official":
-        lo = torch.tensor([r[0] for r in O.OFFICIAL_RANGES], dtype=torch.float64, device=dev)[idx]
-        hi = torch.tensor([r[1] for r in O.OFFICIAL_RANGES], dtype=torch.float64, device=dev)[idx]
-        mag = (lvl / float(official_max_d)) * (hi - lo) + lo
+        lo = torch.tensor([r[0] for r in O.OFFICIAL_RANGES], dtype=torch.float64, device=dev)
+        hi = torch.tensor([r[1] for r in O.OFFICIAL_RANGES], dtype=torch.float64, device=dev)
+        base, span, div = lo, hi - lo, float(official_max_d)
         randomly_signed = {O.ROTATE, O.SHEAR_X, O.SHEAR_Y, O.TRANSLATE_X, O.TRANSLATE_Y}
     else:
         table = dict(O.MONOTONE_STRONGEST)
@@ -228,24 +257,18 @@ def sample_chains(
                 if not math.isfinite(float(v)):
                     raise ValueError(f"strongest: expected a finite value for {key}, got {v!r}")
                 table[key] = float(v)
-        uses_translate = bool(((op == O.TRANSLATE_X) | (op == O.TRANSLATE_Y)).any())
-        if uses_translate and image_size is None:
-            raise ValueError("image_size: needed (H, W) for the monotone TranslateX/Y magnitudes")
         h, w = (image_size if image_size is not None else (1, 1))
         strong = [0.0] * O.NUM_OPS
         for name, v in table.items():
             strong[O.OP_IDS[name]] = v
         strong[O.TRANSLATE_X] *= float(w)
         strong[O.TRANSLATE_Y] *= float(h)
-        ident = torch.tensor([v if v is not None else 0.0 for v in O.IDENTITY], dtype=torch.float64, device=dev)[idx]
-        st = torch.tensor(strong, dtype=torch.float64, device=dev)[idx]
-        mag = (lvl / float(max_level)) * (st - ident) + ident
+        base = torch.tensor([v if v is not None else 0.0 for v in O.IDENTITY], dtype=torch.float64, device=dev)
+        span, div = torch.tensor(strong, dtype=torch.float64, device=dev) - base, float(max_level)
         randomly_signed = set(O.SIGNED_OPS)
-    valueless = torch.tensor([not O.takes_value(i) for i in range(O.NUM_OPS)], device=dev)[idx]
-    mag = torch.where(valueless | ~active, torch.zeros_like(mag), mag)
-    signed_mask = torch.tensor([i in randomly_signed for i in range(O.NUM_OPS)], device=dev)[idx] & active
-    signs = torch.where(signed_mask, sign_draw * 2 - 1, torch.ones_like(sign_draw)).to(torch.int8)
-    return Chains(op.to(torch.int32), mag, signs)
+    valueless = torch.tensor([not O.takes_value(i) for i in range(O.NUM_OPS)], device=dev)
+    signed = torch.tensor([i in randomly_signed for i in range(O.NUM_OPS)], device=dev)
+    return pool, base, span, div, valueless, signed
 
 
 class ChainSampler:

@@ -55,6 +55,28 @@ def test_sampler_is_deterministic_for_a_seed():
     assert not torch.equal(a.ops, c.ops)
 
 
+def test_cached_op_tables_give_the_same_chains():
+    """The per-op tables are cached by argument; a cache hit, a miss and an uncacheable call agree,
+    and different image sizes / overrides / modes get their own tables."""
+    from fastorals.augment import api
+
+    s = torch.randint(0, 11, (64,), generator=torch.Generator().manual_seed(1))
+    api._CHAIN_TABLES.clear()
+    for mode in ("monotone", "official"):
+        kw = dict(magnitude_mode=mode, strongest={"Rotate": 20.0} if mode == "monotone" else None)
+        first = augment.sample_chains(s, image_size=(32, 40), generator=torch.Generator().manual_seed(3), **kw)
+        hit = augment.sample_chains(s, image_size=(32, 40), generator=torch.Generator().manual_seed(3), **kw)
+        listed = augment.sample_chains(s, image_size=[32, 40], generator=torch.Generator().manual_seed(3), **kw)
+        for other in (hit, listed):
+            assert torch.equal(first.ops, other.ops) and torch.equal(first.signs, other.signs)
+            assert torch.equal(first.magnitudes, other.magnitudes)
+    small = augment.sample_chains(torch.full((64,), 10), image_size=(8, 8), ops=["TranslateX"],
+                                  generator=torch.Generator().manual_seed(0))
+    big = augment.sample_chains(torch.full((64,), 10), image_size=(64, 64), ops=["TranslateX"],
+                                generator=torch.Generator().manual_seed(0))
+    assert torch.equal(big.magnitudes, small.magnitudes * 8)
+
+
 def _one_op_chains(op, levels, mode, **kw):
     s = torch.tensor(levels)
     return augment.sample_chains(s, image_size=(32, 40), num_ops=1, ops=[op], magnitude_mode=mode,
