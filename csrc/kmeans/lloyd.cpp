@@ -129,15 +129,12 @@ struct Scratch {
   std::vector<T> xt, best, second;
   std::vector<typename VT<T>::I> idx, amb;
   std::vector<int64_t> todo;
-  std::vector<double> pad;  // [K][D] per-cluster sums of a block (D == 8 or 16)
-  Scratch(int D, int G, int64_t K)
-      : xt(static_cast<size_t>(D) * G), best(G), second(G), idx(G), amb(G), todo(kBlock),
-        pad(D == 8 || D == 16 ? static_cast<size_t>(K) * D : 0) {}
+  Scratch(int D, int G) : xt(static_cast<size_t>(D) * G), best(G), second(G), idx(G), amb(G), todo(kBlock) {}
 };
 
 // float32 points of dimension D = 1, 2, 4, 8 or 16: lane groups of consecutive points are transposed
 // in registers (transpose_16) instead of through memory.
-template <typename T, int DT, int P>
+template <typename T, int DT>
 constexpr bool kRegisterTranspose =
     std::is_same<T, float>::value && (DT == 1 || DT == 2 || DT == 4 || DT == 8 || DT == 16);
 
@@ -257,23 +254,19 @@ inline __attribute__((always_inline)) bool screen_group(const T* FASTORALS_RESTR
   V xv[DS][P];
   V xn[P];
   for (int p = 0; p < P; ++p) xn[p] = V{};
-  if constexpr (kRegisterTranspose<T, DT, P>) {
-    if (rows != nullptr) {
-      for (int p = 0; p < P; ++p) {
-        V t[DS];
-        transpose_16<DS>(rows + p * 16 * DS, t);
-        for (int d = 0; d < DS; ++d) xv[d][p] = t[d];
-      }
-    } else {
-      for (int d = 0; d < DT; ++d)
-        for (int p = 0; p < P; ++p) std::memcpy(&xv[d][p], xt + (d * P + p) * L, sizeof(V));
+  if constexpr (DT > 0) {
+    // rows (a consecutive run, float32, D = 1 ... 16 powers of two) or the transposed buffer xt
+    if constexpr (kRegisterTranspose<T, DT>) {
+      if (rows != nullptr)
+        for (int p = 0; p < P; ++p) {
+          V t[DS];
+          transpose_16<DS>(rows + p * 16 * DS, t);
+          for (int d = 0; d < DS; ++d) xv[d][p] = t[d];
+        }
     }
     for (int d = 0; d < DT; ++d)
-      for (int p = 0; p < P; ++p) xn[p] += xv[d][p] * xv[d][p];
-  } else if constexpr (DT > 0) {
-    for (int d = 0; d < DT; ++d)
       for (int p = 0; p < P; ++p) {
-        std::memcpy(&xv[d][p], xt + (d * P + p) * L, sizeof(V));
+        if (rows == nullptr) std::memcpy(&xv[d][p], xt + (d * P + p) * L, sizeof(V));
         xn[p] += xv[d][p] * xv[d][p];
       }
   } else {
@@ -478,9 +471,10 @@ inline __attribute__((always_inline)) void block_impl(const PassCtx<T>& ctx, int
   T* xt = sc.xt.data();
   for (int64_t g0 = 0; g0 < ntodo; g0 += G) {
     const int64_t n = std::min<int64_t>(G, ntodo - g0);
-    const T* rows = nullptr;  // a run of G consecutive points, transposed in registers
-    if (n == G && todo[g0 + G - 1] - todo[g0] == G - 1) {
-      if constexpr (kRegisterTranspose<T, DT, P>) {
+    const bool run = todo[g0 + n - 1] - todo[g0] == n - 1;  // consecutive points
+    const T* rows = nullptr;  // a full run of G points, transposed in registers
+    if (n == G && run) {
+      if constexpr (kRegisterTranspose<T, DT>) {
         rows = x + todo[g0] * D;
       } else {
         // strided reads of one dimension at a time, contiguous lane writes
@@ -501,7 +495,7 @@ inline __attribute__((always_inline)) void block_impl(const PassCtx<T>& ctx, int
     else
       any_amb = screen_group<T, DT, P, false>(xt, rows, D, ctx.cm2, ctx.cn, ctx.K, ctx.coef, ctx.floor_abs, ctx.cmax, sc.best.data(),
                                     sc.second.data(), sc.idx.data(), sc.amb.data());
-    if (!any_amb && ctx.upper == nullptr && todo[g0 + n - 1] - todo[g0] == n - 1) {
+    if (!any_amb && ctx.upper == nullptr && run) {
       // consecutive points, every winner certified, no bounds: a vectorisable copy of the labels
       int64_t* FASTORALS_RESTRICT out = labels + todo[g0];
       const typename VT<T>::I* FASTORALS_RESTRICT win = sc.idx.data();
@@ -538,10 +532,9 @@ inline __attribute__((always_inline)) void block_impl(const PassCtx<T>& ctx, int
   }
   // phase 3: block-local sums in index order
   if (sums != nullptr && (DT == 8 || DT == 16)) {
-    // 8-lane float64 vectors per cluster, the same index-order sum in every lane (a narrower
-    // row would be copied into a vector through the stack: slower than the scalar loop below)
-    double* FASTORALS_RESTRICT ps = sc.pad.data();
-    std::fill(ps, ps + ctx.K * D, 0.0);
+    // 8-lane float64 vectors of the cluster's sums, the same index-order sum in every lane (a
+    // narrower row would be copied into a vector through the stack: slower than the scalar loop)
+    std::fill(sums, sums + ctx.K * D, 0.0);
     std::fill(counts, counts + ctx.K, int64_t{0});
     constexpr int DV = DT == 16 ? 16 : 8;
     for (int64_t i = b0; i < b1; ++i) {
@@ -556,13 +549,12 @@ inline __attribute__((always_inline)) void block_impl(const PassCtx<T>& ctx, int
           std::memcpy(&xd, x + i * DV + h, sizeof(v8d));
         }
         v8d acc;
-        std::memcpy(&acc, ps + a * DV + h, sizeof(v8d));
+        std::memcpy(&acc, sums + a * DV + h, sizeof(v8d));
         acc += xd;
-        std::memcpy(ps + a * DV + h, &acc, sizeof(v8d));
+        std::memcpy(sums + a * DV + h, &acc, sizeof(v8d));
       }
       ++counts[a];
     }
-    for (int64_t k = 0; k < ctx.K * DV; ++k) sums[k] = ps[k];
   } else if (sums != nullptr) {
     std::fill(sums, sums + ctx.K * D, 0.0);
     std::fill(counts, counts + ctx.K, int64_t{0});
@@ -758,7 +750,7 @@ std::tuple<int64_t, int64_t, int64_t> lloyd_pass_impl(carray<T> x_arr, carray<T>
     std::vector<int64_t> part_stats(static_cast<size_t>(wave) * 3);
     std::vector<Scratch<T>> scratch;
     scratch.reserve(threads);
-    for (int t = 0; t < threads; ++t) scratch.emplace_back(D, G, K);
+    for (int t = 0; t < threads; ++t) scratch.emplace_back(D, G);
     for (int64_t w0 = 0; w0 < nblocks; w0 += wave) {
       const int64_t nw = std::min(wave, nblocks - w0);
       parallel_for_dynamic(nw, threads, [&](int64_t j) {

@@ -44,6 +44,11 @@ class KMeansResult:
 
 
 def _check_points(x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    return _checked_points(x, name)[0]
+
+
+def _checked_points(x: torch.Tensor, name: str = "x") -> tuple[torch.Tensor, float]:
+    """Validated float32/float64 points and their largest magnitude (one pass for both)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
@@ -58,7 +63,7 @@ def _check_points(x: torch.Tensor, name: str = "x") -> torch.Tensor:
     if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name}: {bad} values are NaN or infinite; k-means needs finite values")
-    return x
+    return x, max(-float(lo), float(hi))
 
 
 def _magnitude_ok(big: float, d: int, dtype: torch.dtype) -> bool:
@@ -293,7 +298,7 @@ def kmeans(
         >>> res.centers.shape, res.labels.shape
         (torch.Size([64, 8]), torch.Size([100000]))
     """
-    x = _check_points(x)
+    x, x_max = _checked_points(x)
     N, D = x.shape
     _check_k(k, N)
     if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0:
@@ -321,7 +326,7 @@ def kmeans(
         raise ValueError(f"init: expected one of {INITS} or a ({k}, {D}) tensor, got {init!r}")
     backend = _ext.select_backend("kmeans", x.device, IMPLEMENTED)
     xw, cw = x, centers0
-    big = _max_abs(x) + _max_abs(centers0)
+    big = x_max + _max_abs(centers0)
     if not _magnitude_ok(big, D, torch.float64):
         raise ValueError("x: values too large for squared distances in float64 (max |x| ~ 1e150)")
     if x.dtype == torch.float32 and not _magnitude_ok(big, D, torch.float32):
@@ -341,15 +346,15 @@ def kmeans_assign(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(N,)`` int64 labels.
     """
-    x = _check_points(x)
-    centers = _check_points(centers, "centers")
+    x, x_max = _checked_points(x)
+    centers, c_max = _checked_points(centers, "centers")
     if centers.shape[1] != x.shape[1]:
         raise ValueError(f"centers: expected {x.shape[1]} columns like x, got shape {tuple(centers.shape)}")
     if centers.device != x.device:
         raise ValueError(f"centers: expected device {x.device}, got {centers.device}")
     dtype = torch.float64 if torch.float64 in (x.dtype, centers.dtype) else torch.float32
     xw, cw = x.to(dtype).contiguous(), centers.to(dtype).contiguous()
-    big = _max_abs(xw) + _max_abs(cw)
+    big = x_max + c_max  # the dtype conversion below is exact
     if not _magnitude_ok(big, x.shape[1], torch.float64):
         raise ValueError("x: values too large for squared distances in float64 (max |x| ~ 1e150)")
     if dtype == torch.float32 and not _magnitude_ok(big, x.shape[1], torch.float32):

@@ -94,7 +94,7 @@ def test_labels_and_sums_of_one_pass(backend):
 @pytest.mark.parametrize("d", [1, 2, 7, 8, 9, 16, 17])
 @pytest.mark.parametrize("data", ["gauss", "grid"])
 def test_cpp_pass_every_group_layout(d, data):
-    """Lane groups transposed in registers (float32, D = 8) or through memory, partial last groups,
+    """Lane groups transposed in registers (float32, D = 1, 2, 4, 8, 16) or through memory, partial last groups,
     several blocks, exact ties: one pass equals the reference (labels, counts, float64 sums)."""
     g = torch.Generator().manual_seed(d)
     n = 2 * 4096 + 45
