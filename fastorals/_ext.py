@@ -152,7 +152,7 @@ def available_backends(device: torch.device, implemented: Iterable[str]) -> list
             continue
         if b == "cpp" and not (HAS_EXT and device.type == "cpu"):
             continue
-        if b == "triton" and not (triton_runs_on(device) and device.type == "cuda"):
+        if b == "triton" and not (device.type == "cuda" and triton_runs_on(device)):
             # under the interpreter Triton is correct but slow: never chosen automatically on CPU
             continue
         out.append(b)

@@ -25,7 +25,7 @@ from torch import nn
 
 from .._ext import select_backend
 from . import opset as O
-from .ops import augment_apply, augment_apply_reference
+from .ops import augment_apply, augment_apply_cpp, augment_apply_reference
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -180,13 +180,36 @@ def sample_chains(
     if not (isinstance(official_max_d, (int, float)) and official_max_d > 0):
         raise ValueError(f"official_max_d: expected a positive number, got {official_max_d!r}")
     dev = _as_generator_device(generator)
+    levels, n, k = _chain_lengths(strengths, num_ops, max_level, max_ops, dev)
+    tab = _chain_table(ops, magnitude_mode, strongest, image_size, max_level, official_max_d, dev)
+    b = levels.shape[0]
+    choice = torch.randint(0, tab.pool.numel(), (b, k), generator=generator, device=dev)
+    sign_draw = torch.randint(0, 2, (b, k), generator=generator, device=dev)
+    op = tab.pool[choice]
+    active = torch.arange(k, device=dev).unsqueeze(0) < n.unsqueeze(1)
+    op = torch.where(active, op, torch.full_like(op, O.NONE))
+    idx = op.clamp(min=0)
+    if magnitude_mode == "monotone" and image_size is None and bool(
+            ((op == O.TRANSLATE_X) | (op == O.TRANSLATE_Y)).any()):
+        raise ValueError("image_size: needed (H, W) for the monotone TranslateX/Y magnitudes")
+    # official: lo + level / d * (hi - lo); monotone: identity + level / max_level * (strongest - identity)
+    lvl = levels.to(torch.float64).unsqueeze(1).expand(b, k)
+    mag = (lvl / tab.div) * tab.span[idx] + tab.base[idx]
+    mag = torch.where(tab.valueless[idx] | ~active, torch.zeros_like(mag), mag)
+    signed_mask = tab.randomly_signed[idx] & active
+    signs = torch.where(signed_mask, sign_draw * 2 - 1, torch.ones_like(sign_draw)).to(torch.int8)
+    return Chains(op.to(torch.int32), mag, signs)
+
+
+def _chain_lengths(strengths: TensorLike, num_ops, max_level: int, max_ops: Optional[int],
+                   dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Checked levels [B] and ops per sample [B] (int64, on ``dev``) and the padded length K."""
     levels = _levels_tensor(strengths, "strengths").to(dev)
     b = levels.shape[0]
-    if b and (int(levels.min()) < 0 or int(levels.max()) > max_level):
-        raise ValueError(
-            f"strengths: expected levels in [0, max_level={max_level}], got min {int(levels.min())}, "
-            f"max {int(levels.max())}"
-        )
+    if b:
+        lo, hi = (int(v) for v in torch.aminmax(levels))
+        if lo < 0 or hi > max_level:
+            raise ValueError(f"strengths: expected levels in [0, max_level={max_level}], got min {lo}, max {hi}")
     if num_ops is None:
         n = levels
     elif isinstance(num_ops, int) and not isinstance(num_ops, bool):
@@ -197,50 +220,82 @@ def sample_chains(
         n = _levels_tensor(num_ops, "num_ops", b).to(dev)
         if b and int(n.min()) < 0:
             raise ValueError(f"num_ops: expected >= 0, got min {int(n.min())}")
-    kmax = int(n.max()) if b else 0
+    kmax = (num_ops if isinstance(num_ops, int) and not isinstance(num_ops, bool) else int(n.max())) if b else 0
     if max_ops is None:
         k = kmax
     else:
         if not isinstance(max_ops, int) or max_ops < kmax:
             raise ValueError(f"max_ops: expected an int >= the largest num_ops ({kmax}), got {max_ops!r}")
         k = max_ops
-    key = (tuple(O.op_ids(ops)), magnitude_mode, tuple((strongest or {}).items()), image_size, max_level,
-           float(official_max_d), dev)
-    try:
-        tab = _CHAIN_TABLES.get(key)
-    except TypeError:  # unhashable arguments: no caching
-        key, tab = None, None
-    if tab is None:
-        tab = _chain_tables(ops, magnitude_mode, strongest, image_size, max_level, official_max_d, dev)
-        if key is not None:
-            if len(_CHAIN_TABLES) > 64:
-                _CHAIN_TABLES.clear()
-            _CHAIN_TABLES[key] = tab
-    pool, base, span, div, valueless, randomly_signed = tab
-    choice = torch.randint(0, pool.numel(), (b, k), generator=generator, device=dev)
-    sign_draw = torch.randint(0, 2, (b, k), generator=generator, device=dev)
-    op = pool[choice]
-    active = torch.arange(k, device=dev).unsqueeze(0) < n.unsqueeze(1)
-    op = torch.where(active, op, torch.full_like(op, O.NONE))
-    idx = op.clamp(min=0)
-    if magnitude_mode == "monotone" and image_size is None and bool(
-            ((op == O.TRANSLATE_X) | (op == O.TRANSLATE_Y)).any()):
-        raise ValueError("image_size: needed (H, W) for the monotone TranslateX/Y magnitudes")
-    # official: lo + level / d * (hi - lo); monotone: identity + level / max_level * (strongest - identity)
-    lvl = levels.to(torch.float64).unsqueeze(1).expand(b, k)
-    mag = (lvl / div) * span[idx] + base[idx]
-    mag = torch.where(valueless[idx] | ~active, torch.zeros_like(mag), mag)
-    signed_mask = randomly_signed[idx] & active
-    signs = torch.where(signed_mask, sign_draw * 2 - 1, torch.ones_like(sign_draw)).to(torch.int8)
-    return Chains(op.to(torch.int32), mag, signs)
+    return levels, n, k
+
+
+@dataclass
+class _ChainTable:
+    """Constant per-op tables of :func:`sample_chains` for one configuration (cached).
+
+    ``pool``: op ids drawn from; ``base``, ``span``, ``div``: value of op i at level L is
+    ``(L / div) * span[i] + base[i]``; ``valueless``, ``randomly_signed``: per-op masks.
+    ``values()`` is the same arithmetic done once for every (level, pool entry, sign draw).
+    """
+
+    pool: torch.Tensor
+    base: torch.Tensor
+    span: torch.Tensor
+    div: float
+    valueless: torch.Tensor
+    randomly_signed: torch.Tensor
+    max_level: int
+    _values: Optional[tuple[torch.Tensor, bool]] = None
+
+    def values(self) -> tuple[torch.Tensor, bool]:
+        """(float64 [(max_level + 1) * P * 2] signed op values indexed by ``(level * P + choice) * 2
+        + sign_draw``, whether all of them lie in their op's domain).
+
+        Bit for bit what :func:`sample_chains` followed by :meth:`Chains.values` computes for an
+        active slot: the same float64 expressions, element by element.
+        """
+        if self._values is None:
+            dev = self.pool.device
+            p = self.pool.numel()
+            idx = self.pool.unsqueeze(0).expand(self.max_level + 1, p)
+            lvl = torch.arange(self.max_level + 1, device=dev).to(torch.float64).unsqueeze(1).expand(-1, p)
+            mag = (lvl / self.div) * self.span[idx] + self.base[idx]
+            mag = torch.where(self.valueless[idx], torch.zeros_like(mag), mag)
+            mag = mag.unsqueeze(-1).expand(-1, -1, 2)
+            ops = idx.unsqueeze(-1).expand(-1, -1, 2)
+            draw = torch.tensor([0, 1], device=dev).expand(self.max_level + 1, p, 2)
+            signs = torch.where(self.randomly_signed[ops], draw * 2 - 1, torch.ones_like(draw))
+            v = O.signed_values(ops, mag, signs)
+            t = O.tables(dev)
+            ok = bool(((v >= t.lo[ops]) & (v <= t.hi[ops])).all()) if v.numel() else True
+            self._values = (v.reshape(-1).contiguous(), ok)
+        return self._values
 
 
 # constant per-op tables of sample_chains, by (ops, mode, strongest, image size, levels, device)
 _CHAIN_TABLES: dict = {}
 
 
-def _chain_tables(ops, magnitude_mode, strongest, image_size, max_level, official_max_d, dev):
-    """(pool of op ids, value at level 0, value span, level divisor, value-less mask, randomly signed mask)."""
+def _chain_table(ops, magnitude_mode, strongest, image_size, max_level, official_max_d, dev) -> _ChainTable:
+    """The (cached) :class:`_ChainTable` of a sampler configuration."""
+    # ops as given (ids or names): a different spelling of the same set only costs another entry
+    key = (None if ops is None else tuple(ops), magnitude_mode, tuple((strongest or {}).items()), image_size, max_level,
+           float(official_max_d), dev)
+    try:
+        tab = _CHAIN_TABLES.get(key)
+    except TypeError:  # unhashable arguments: no caching
+        key, tab = None, None
+    if tab is None:
+        tab = _build_chain_table(ops, magnitude_mode, strongest, image_size, max_level, official_max_d, dev)
+        if key is not None:
+            if len(_CHAIN_TABLES) > 64:
+                _CHAIN_TABLES.clear()
+            _CHAIN_TABLES[key] = tab
+    return tab
+
+
+def _build_chain_table(ops, magnitude_mode, strongest, image_size, max_level, official_max_d, dev) -> _ChainTable:
     pool = torch.tensor(O.op_ids(ops), dtype=torch.int64, device=dev)
     if magnitude_mode == "official":
         lo = torch.tensor([r[0] for r in O.OFFICIAL_RANGES], dtype=torch.float64, device=dev)
@@ -268,7 +323,7 @@ def _chain_tables(ops, magnitude_mode, strongest, image_size, max_level, officia
         randomly_signed = set(O.SIGNED_OPS)
     valueless = torch.tensor([not O.takes_value(i) for i in range(O.NUM_OPS)], device=dev)
     signed = torch.tensor([i in randomly_signed for i in range(O.NUM_OPS)], device=dev)
-    return pool, base, span, div, valueless, signed
+    return _ChainTable(pool, base, span, div, valueless, signed, max_level)
 
 
 class ChainSampler:
@@ -377,8 +432,17 @@ def draw_pipeline(
         raise ValueError(f"flip_prob: expected a probability in [0, 1], got {flip_prob!r}")
     if not isinstance(cutout, int) or cutout < 0:
         raise ValueError(f"cutout: expected an int >= 0 (hole side), got {cutout!r}")
+    return _pipeline_draws(batch_size, height, width, crop_padding, float(flip_prob), cutout, generator)
+
+
+# (edge offsets, upper bounds) of Cutout boxes, by (half side, H, W, device)
+_BOX_BOUNDS: dict = {}
+
+
+def _pipeline_draws(b: int, height: int, width: int, crop_padding: int, flip_prob: float, cutout: int,
+                    generator: Optional[torch.Generator]) -> PipelineDraws:
+    """The draws of :func:`draw_pipeline` (arguments already checked)."""
     dev = _as_generator_device(generator)
-    b = batch_size
     if crop_padding > 0:
         crop = torch.randint(-crop_padding, crop_padding + 1, (b, 2), generator=generator, device=dev)
     else:
@@ -391,8 +455,16 @@ def draw_pipeline(
         cy = torch.randint(0, height, (b,), generator=generator, device=dev)
         cx = torch.randint(0, width, (b,), generator=generator, device=dev)
         half = cutout // 2
-        box = torch.stack([(cy - half).clamp(0, height), (cy + half).clamp(0, height),
-                           (cx - half).clamp(0, width), (cx + half).clamp(0, width)], 1)
+        # (cy - half, cy + half, cx - half, cx + half) clipped to [0, H] and [0, W]
+        key = (half, height, width, dev)
+        bounds = _BOX_BOUNDS.get(key)
+        if bounds is None:
+            if len(_BOX_BOUNDS) > 64:
+                _BOX_BOUNDS.clear()
+            bounds = _BOX_BOUNDS[key] = (torch.tensor([-half, half, -half, half], device=dev),
+                                         torch.tensor([height, height, width, width], device=dev))
+        box = (torch.stack([cy, cy, cx, cx], 1) + bounds[0]).clamp_(min=0)
+        box = torch.minimum(box, bounds[1])
     else:
         box = torch.zeros(b, 4, dtype=torch.int64, device=dev)
     return PipelineDraws(crop.to(torch.int32), flip, box.to(torch.int32))
@@ -541,6 +613,13 @@ def apply_chains(
     if validate and b:
         if bool((crop_t.abs() > max(h, w)).any()):
             raise ValueError(f"crop: expected offsets within [-{max(h, w)}, {max(h, w)}] (image side)")
+    mean_t, std_t, float_out = _output_spec(mean, std, out_dtype, c, dev)
+    return _launch(images.contiguous(), o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out)
+
+
+def _output_spec(mean, std, out_dtype: Optional[torch.dtype], c: int,
+                 dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Checked Normalize vectors (float32 [C]) and whether the output is float32."""
     normalize = mean is not None or std is not None
     if normalize and (mean is None or std is None):
         raise ValueError("mean, std: give both or neither")
@@ -554,10 +633,19 @@ def apply_chains(
     std_t = _channel_vector(std if normalize else 1.0, c, "std", dev)
     if normalize and bool((std_t == 0).any()):
         raise ValueError("std: expected non-zero values")
-    float_out = out_dtype == torch.float32
-    images = images.contiguous()
-    backend = select_backend("augment", dev, _BACKENDS)
+    return mean_t, std_t, out_dtype == torch.float32
+
+
+def _launch(images, o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out: bool, direct: bool = False) -> torch.Tensor:
+    """Run the backend's kernel on canonical arguments (see :mod:`.ops`).
+
+    ``direct``: on the C++ backend call the launcher without the registered op's dispatch
+    (tens of microseconds per call) unless a ``torch.compile`` trace needs the op.
+    """
+    backend = select_backend("augment", images.device, _BACKENDS)
     if backend == "cpp":
+        if direct and not torch.compiler.is_compiling():
+            return augment_apply_cpp(images, o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out)
         return augment_apply(images, o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out)
     if backend == "triton":
         from .triton import augment_apply_triton
@@ -648,6 +736,7 @@ class BatchAugment(nn.Module):
         self.mean = None if mean is None else tuple(float(v) for v in mean)
         self.std = None if std is None else tuple(float(v) for v in std)
         self.out_dtype = out_dtype
+        self._spec_cache: dict = {}
 
     @classmethod
     def cifar(cls, **kwargs) -> BatchAugment:
@@ -674,15 +763,41 @@ class BatchAugment(nn.Module):
         """Augment ``images`` (uint8 [B, C, H, W]) at per-sample ``strengths`` (int [B]).
 
         Draw order from ``generator``: the chains (:func:`sample_chains`), then the pipeline
-        (:func:`draw_pipeline`).
+        (:func:`draw_pipeline`). The result is bit for bit that of :meth:`sample` followed by
+        :func:`batch_augment`; the chain values come from a per-configuration table of every
+        (level, op, sign) value, checked against the ops' domains once, so a call costs a few
+        small tensor ops besides the kernel.
         """
         _check_images(images)
-        b, _, h, w = images.shape
-        lv = _levels_tensor(strengths, "strengths", b)
-        chains = self.sample(lv, (h, w), generator=generator, num_ops=num_ops)
-        return batch_augment(images, chains.ops, chains.magnitudes, chains.signs, generator,
-                             crop_padding=self.crop_padding, flip_prob=self.flip_prob, cutout=self.cutout,
-                             mean=self.mean, std=self.std, out_dtype=self.out_dtype)
+        b, c, h, w = images.shape
+        sp = self.sampler
+        dev = _as_generator_device(generator)
+        levels, n, k = _chain_lengths(_levels_tensor(strengths, "strengths", b), num_ops, sp.max_level, None, dev)
+        tab = _chain_table(sp.ops, sp.magnitude_mode, sp.strongest, (h, w), sp.max_level, sp.official_max_d, dev)
+        table, in_domain = tab.values()
+        if not in_domain or self.crop_padding > max(h, w):
+            # a configured value outside its op's domain, or a crop larger than the image: the
+            # checked path raises exactly when and as it always did
+            chains = self.sample(levels, (h, w), generator=generator, num_ops=num_ops)
+            return batch_augment(images, chains.ops, chains.magnitudes, chains.signs, generator,
+                                 crop_padding=self.crop_padding, flip_prob=self.flip_prob, cutout=self.cutout,
+                                 mean=self.mean, std=self.std, out_dtype=self.out_dtype)
+        p = tab.pool.numel()
+        choice = torch.randint(0, p, (b, k), generator=generator, device=dev)
+        sign_draw = torch.randint(0, 2, (b, k), generator=generator, device=dev)
+        active = torch.arange(k, device=dev).unsqueeze(0) < n.unsqueeze(1)
+        o = torch.where(active, tab.pool[choice], O.NONE).to(torch.int32)
+        v = torch.where(active, table[(levels.unsqueeze(1) * p + choice) * 2 + sign_draw], 0.0)
+        d = _pipeline_draws(b, h, w, self.crop_padding, self.flip_prob, self.cutout, generator)
+        img_dev = images.device
+        key = (c, img_dev, self.mean, self.std, self.out_dtype)
+        spec = self._spec_cache.get(key)
+        if spec is None:
+            spec = self._spec_cache[key] = _output_spec(self.mean, self.std, self.out_dtype, c, img_dev)
+        mean_t, std_t, float_out = spec
+        return _launch(images.contiguous(), o.to(img_dev).contiguous(), v.to(img_dev).contiguous(),
+                       d.crop.to(img_dev), d.flip.to(img_dev, torch.uint8), d.cutout.to(img_dev),
+                       mean_t, std_t, float_out, direct=True)
 
     def extra_repr(self) -> str:
         return (f"max_level={self.max_level}, magnitude_mode={self.magnitude_mode!r}, "

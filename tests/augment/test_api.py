@@ -77,6 +77,63 @@ def test_cached_op_tables_give_the_same_chains():
     assert torch.equal(big.magnitudes, small.magnitudes * 8)
 
 
+def _composed(aug, images, strengths, seed, num_ops=None):
+    """BatchAugment spelled out: sample the chains, then batch_augment (the checked path)."""
+    g = torch.Generator().manual_seed(seed)
+    ch = aug.sample(strengths, tuple(images.shape[2:]), generator=g, num_ops=num_ops)
+    return augment.batch_augment(images, ch.ops, ch.magnitudes, ch.signs, g, crop_padding=aug.crop_padding,
+                                 flip_prob=aug.flip_prob, cutout=aug.cutout, mean=aug.mean, std=aug.std,
+                                 out_dtype=aug.out_dtype)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_module_fast_path_equals_sampling_then_batch_augment(backend):
+    """BatchAugment's table-driven forward gives the bits of sample_chains + batch_augment, with the
+    same generator consumption, for modes, op subsets, overrides, chain lengths, C = 1 / 3, uint8 and
+    float output."""
+    configs = [
+        dict(kw=dict(), c=3, hw=(9, 7)),
+        dict(kw=dict(crop_padding=4, flip_prob=0.5, cutout=6, mean=augment.CIFAR10_MEAN, std=augment.CIFAR10_STD),
+             c=3, hw=(12, 10)),
+        dict(kw=dict(magnitude_mode="official", crop_padding=2, flip_prob=1.0), c=1, hw=(8, 8)),
+        dict(kw=dict(ops=["Rotate", "TranslateX", "Solarize", "Posterize"], strongest={"Rotate": 50.0},
+                     cutout=3, max_level=4), c=3, hw=(6, 11)),
+        dict(kw=dict(out_dtype=torch.float32, cutout=20), c=1, hw=(5, 5)),
+    ]
+    with fastorals.use_backend(backend):
+        for i, cfg in enumerate(configs):
+            aug = augment.BatchAugment(**cfg["kw"])
+            images = make_images(7, cfg["c"], *cfg["hw"])
+            s = torch.randint(0, aug.max_level + 1, (7,), generator=torch.Generator().manual_seed(i))
+            for num_ops in (None, 2, torch.tensor([0, 1, 3, 0, 2, 5, 1])):
+                for seed in (0, 11):
+                    fast = aug(images, s, torch.Generator().manual_seed(seed), num_ops=num_ops)
+                    assert torch.equal(fast, _composed(aug, images, s, seed, num_ops)), (i, num_ops, seed)
+                    # the generator is left where the composed path leaves it
+                    g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+                    aug(images, s, g1, num_ops=num_ops)
+                    _composed_g = aug.sample(s, cfg["hw"], generator=g2, num_ops=num_ops)
+                    augment.draw_pipeline(7, *cfg["hw"], crop_padding=aug.crop_padding, flip_prob=aug.flip_prob,
+                                          cutout=aug.cutout, generator=g2)
+                    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
+        zeros = augment.BatchAugment()(make_images(0, 3, 4, 4), torch.zeros(0, dtype=torch.int64))
+        assert zeros.shape == (0, 3, 4, 4)
+
+
+def test_module_fast_path_keeps_the_checked_errors():
+    """A configured value outside its op's domain raises only when drawn (as the checked path
+    does), and a crop padding larger than the image raises as apply_chains does."""
+    images = make_images(4, 3, 6, 6)
+    aug = augment.BatchAugment(ops=["Posterize"], strongest={"Posterize": 12.0})
+    zero = torch.zeros(4, dtype=torch.int64)  # level 0: Posterize 8 bits, inside the domain
+    ok = aug(images, zero, torch.Generator().manual_seed(0), num_ops=1)
+    assert torch.equal(ok, _composed(aug, images, zero, 0, num_ops=1))
+    with assert_raises(ValueError, "magnitudes", "Posterize", "domain"):  # level 1: 8.4 bits
+        aug(images, torch.tensor([0, 1, 0, 0]), torch.Generator().manual_seed(0))
+    with assert_raises(ValueError, "crop", "offsets"):
+        augment.BatchAugment(crop_padding=9)(images, torch.tensor([1, 1, 1, 1]), torch.Generator().manual_seed(0))
+
+
 def _one_op_chains(op, levels, mode, **kw):
     s = torch.tensor(levels)
     return augment.sample_chains(s, image_size=(32, 40), num_ops=1, ops=[op], magnitude_mode=mode,
