@@ -181,8 +181,11 @@ def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
         env = os.environ.get(f"FASTORALS_KOOPMAN_{key.upper()}")
         if env:
             cfg[key] = cast(env)
+    if os.environ.get("FASTORALS_KOOPMAN_DROPOUT"):
+        cfg["dropout"] = float(os.environ["FASTORALS_KOOPMAN_DROPOUT"])
     model = StructuredKoopmanAE(frame_size=cfg["size"], k=cfg["k"], hidden=cfg["hidden"], conv_dim=cfg["conv_dim"],
-                                num_static=cfg.get("num_static", 7), variant=cfg.get("variant", "paper"))
+                                num_static=cfg.get("num_static", 7), variant=cfg.get("variant", "paper"),
+                                dropout=cfg.get("dropout", 0.2))
     gen = torch.Generator().manual_seed(seed)
     t = time.perf_counter()
     def progress(step: int, d: dict[str, float]) -> None:
