@@ -194,11 +194,27 @@ FASTORALS_CLONES void acc_add(const uint8_t* FASTORALS_RESTRICT row, uint32_t* F
   for (int j = 0; j < m; ++j) acc[j] += uint32_t(row[j]) * times;
 }
 
+// The r = 0 row of box_pass: the window sum is the pixel itself (acc == add), so the running sum
+// and its buffer drop out; the same uint32 arithmetic otherwise.
+FASTORALS_CLONES void box_row_r0(const uint8_t* FASTORALS_RESTRICT cur, const uint8_t* FASTORALS_RESTRICT prev,
+                                 const uint8_t* FASTORALS_RESTRICT next, uint8_t* FASTORALS_RESTRICT o, int m,
+                                 uint32_t ww, uint32_t fw) {
+  for (int j = 0; j < m; ++j) {
+    uint32_t bulk = uint32_t(cur[j]) * ww + (uint32_t(prev[j]) + uint32_t(next[j])) * fw;
+    o[j] = static_cast<uint8_t>((bulk + (1u << 23)) >> 24);
+  }
+}
+
 // One pass of Pillow's box blur along the rows of an n x m plane (each column independently):
 // acc = sum of src[clamp(i-r .. i+r)], out = (acc * ww + (src[clamp(i-r-1)] + src[clamp(i+r+1)]) * fw
 // + 2^23) >> 24, all in uint32 as ImagingLineBoxBlur8.
 void box_pass(const uint8_t* src, uint8_t* dst, int n, int m, int r, uint32_t ww, uint32_t fw, uint32_t* acc) {
   const int64_t M = m;
+  if (r == 0) {
+    for (int i = 0; i < n; ++i)
+      box_row_r0(src + i * M, src + std::max(i - 1, 0) * M, src + std::min(i + 1, n - 1) * M, dst + i * M, m, ww, fw);
+    return;
+  }
   for (int j = 0; j < m; ++j) acc[j] = 0;
   acc_add(src, acc, m, uint32_t(r + 1));
   int direct = std::min(r, n);  // rows 0 .. r-1, clamped
