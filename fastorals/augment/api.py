@@ -183,44 +183,40 @@ def sample_chains(
     levels, n, k = _chain_lengths(strengths, num_ops, max_level, max_ops, dev)
     tab = _chain_table(ops, magnitude_mode, strongest, image_size, max_level, official_max_d, dev)
     b = levels.shape[0]
-    choice = torch.randint(0, tab.pool.numel(), (b, k), generator=generator, device=dev)
-    sign_draw = torch.randint(0, 2, (b, k), generator=generator, device=dev)
-    op = tab.pool[choice]
-    active = torch.arange(k, device=dev).unsqueeze(0) < n.unsqueeze(1)
-    op = torch.where(active, op, torch.full_like(op, O.NONE))
+    _, sign_draw, active, op = _draw_slots(tab, n, b, k, generator, dev)
     idx = op.clamp(min=0)
     if magnitude_mode == "monotone" and image_size is None and bool(
             ((op == O.TRANSLATE_X) | (op == O.TRANSLATE_Y)).any()):
         raise ValueError("image_size: needed (H, W) for the monotone TranslateX/Y magnitudes")
-    # official: lo + level / d * (hi - lo); monotone: identity + level / max_level * (strongest - identity)
-    lvl = levels.to(torch.float64).unsqueeze(1).expand(b, k)
-    mag = (lvl / tab.div) * tab.span[idx] + tab.base[idx]
-    mag = torch.where(tab.valueless[idx] | ~active, torch.zeros_like(mag), mag)
+    mag = tab.magnitudes(levels.to(torch.float64).unsqueeze(1).expand(b, k), idx)
+    mag = torch.where(active, mag, torch.zeros_like(mag))
     signed_mask = tab.randomly_signed[idx] & active
     signs = torch.where(signed_mask, sign_draw * 2 - 1, torch.ones_like(sign_draw)).to(torch.int8)
     return Chains(op.to(torch.int32), mag, signs)
 
 
-def _chain_lengths(strengths: TensorLike, num_ops, max_level: int, max_ops: Optional[int],
-                   dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Checked levels [B] and ops per sample [B] (int64, on ``dev``) and the padded length K."""
-    levels = _levels_tensor(strengths, "strengths").to(dev)
+def _chain_lengths(strengths: TensorLike, num_ops, max_level: int, max_ops: Optional[int], dev: torch.device,
+                   batch: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Checked levels [B] and ops per sample [B] (int64, on ``dev``) and the padded length K.
+
+    ``batch``: the number of levels expected (None: any).
+    """
+    levels = _levels_tensor(strengths, "strengths", batch).to(dev)
     b = levels.shape[0]
-    if b:
-        lo, hi = (int(v) for v in torch.aminmax(levels))
-        if lo < 0 or hi > max_level:
-            raise ValueError(f"strengths: expected levels in [0, max_level={max_level}], got min {lo}, max {hi}")
+    lo, hi = (int(v) for v in torch.aminmax(levels)) if b else (0, 0)
+    if lo < 0 or hi > max_level:
+        raise ValueError(f"strengths: expected levels in [0, max_level={max_level}], got min {lo}, max {hi}")
     if num_ops is None:
-        n = levels
+        n, kmax = levels, hi
     elif isinstance(num_ops, int) and not isinstance(num_ops, bool):
         if num_ops < 0:
             raise ValueError(f"num_ops: expected >= 0, got {num_ops}")
-        n = torch.full((b,), num_ops, dtype=torch.int64, device=dev)
+        n, kmax = torch.full((b,), num_ops, dtype=torch.int64, device=dev), num_ops if b else 0
     else:
         n = _levels_tensor(num_ops, "num_ops", b).to(dev)
         if b and int(n.min()) < 0:
             raise ValueError(f"num_ops: expected >= 0, got min {int(n.min())}")
-    kmax = (num_ops if isinstance(num_ops, int) and not isinstance(num_ops, bool) else int(n.max())) if b else 0
+        kmax = int(n.max()) if b else 0
     if max_ops is None:
         k = kmax
     else:
@@ -248,6 +244,15 @@ class _ChainTable:
     max_level: int
     _values: Optional[tuple[torch.Tensor, bool]] = None
 
+    def magnitudes(self, lvl: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """float64 values of ops ``idx`` at float64 levels ``lvl`` (same shape), 0 for value-less ops.
+
+        Official mode: ``lo + level / d * (hi - lo)``; monotone: ``identity + level / max_level *
+        (strongest - identity)``.
+        """
+        mag = (lvl / self.div) * self.span[idx] + self.base[idx]
+        return torch.where(self.valueless[idx], torch.zeros_like(mag), mag)
+
     def values(self) -> tuple[torch.Tensor, bool]:
         """(float64 [(max_level + 1) * P * 2] signed op values indexed by ``(level * P + choice) * 2
         + sign_draw``, whether all of them lie in their op's domain).
@@ -260,9 +265,7 @@ class _ChainTable:
             p = self.pool.numel()
             idx = self.pool.unsqueeze(0).expand(self.max_level + 1, p)
             lvl = torch.arange(self.max_level + 1, device=dev).to(torch.float64).unsqueeze(1).expand(-1, p)
-            mag = (lvl / self.div) * self.span[idx] + self.base[idx]
-            mag = torch.where(self.valueless[idx], torch.zeros_like(mag), mag)
-            mag = mag.unsqueeze(-1).expand(-1, -1, 2)
+            mag = self.magnitudes(lvl, idx).unsqueeze(-1).expand(-1, -1, 2)
             ops = idx.unsqueeze(-1).expand(-1, -1, 2)
             draw = torch.tensor([0, 1], device=dev).expand(self.max_level + 1, p, 2)
             signs = torch.where(self.randomly_signed[ops], draw * 2 - 1, torch.ones_like(draw))
@@ -271,6 +274,16 @@ class _ChainTable:
             ok = bool(((v >= t.lo[ops]) & (v <= t.hi[ops])).all()) if v.numel() else True
             self._values = (v.reshape(-1).contiguous(), ok)
         return self._values
+
+
+def _draw_slots(tab: _ChainTable, n: torch.Tensor, b: int, k: int, generator: Optional[torch.Generator],
+                dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random draws of B x K chain slots, in the documented order (op indices, then signs):
+    pool index, sign draw (0/1), whether the slot is used (position < n[i]) and its op id (-1 if not)."""
+    choice = torch.randint(0, tab.pool.numel(), (b, k), generator=generator, device=dev)
+    sign_draw = torch.randint(0, 2, (b, k), generator=generator, device=dev)
+    active = torch.arange(k, device=dev).unsqueeze(0) < n.unsqueeze(1)
+    return choice, sign_draw, active, torch.where(active, tab.pool[choice], O.NONE)
 
 
 # constant per-op tables of sample_chains, by (ops, mode, strongest, image size, levels, device)
@@ -772,7 +785,7 @@ class BatchAugment(nn.Module):
         b, c, h, w = images.shape
         sp = self.sampler
         dev = _as_generator_device(generator)
-        levels, n, k = _chain_lengths(_levels_tensor(strengths, "strengths", b), num_ops, sp.max_level, None, dev)
+        levels, n, k = _chain_lengths(strengths, num_ops, sp.max_level, None, dev, batch=b)
         tab = _chain_table(sp.ops, sp.magnitude_mode, sp.strongest, (h, w), sp.max_level, sp.official_max_d, dev)
         table, in_domain = tab.values()
         if not in_domain or self.crop_padding > max(h, w):
@@ -782,12 +795,9 @@ class BatchAugment(nn.Module):
             return batch_augment(images, chains.ops, chains.magnitudes, chains.signs, generator,
                                  crop_padding=self.crop_padding, flip_prob=self.flip_prob, cutout=self.cutout,
                                  mean=self.mean, std=self.std, out_dtype=self.out_dtype)
-        p = tab.pool.numel()
-        choice = torch.randint(0, p, (b, k), generator=generator, device=dev)
-        sign_draw = torch.randint(0, 2, (b, k), generator=generator, device=dev)
-        active = torch.arange(k, device=dev).unsqueeze(0) < n.unsqueeze(1)
-        o = torch.where(active, tab.pool[choice], O.NONE).to(torch.int32)
-        v = torch.where(active, table[(levels.unsqueeze(1) * p + choice) * 2 + sign_draw], 0.0)
+        choice, sign_draw, active, op = _draw_slots(tab, n, b, k, generator, dev)
+        o = op.to(torch.int32)
+        v = torch.where(active, table[(levels.unsqueeze(1) * tab.pool.numel() + choice) * 2 + sign_draw], 0.0)
         d = _pipeline_draws(b, h, w, self.crop_padding, self.flip_prob, self.cutout, generator)
         img_dev = images.device
         key = (c, img_dev, self.mean, self.std, self.out_dtype)
