@@ -43,10 +43,6 @@ class KMeansResult:
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_points(x: torch.Tensor, name: str = "x") -> torch.Tensor:
-    return _checked_points(x, name)[0]
-
-
 def _checked_points(x: torch.Tensor, name: str = "x") -> tuple[torch.Tensor, float]:
     """Validated float32/float64 points and their largest magnitude (one pass for both)."""
     if not isinstance(x, torch.Tensor):
@@ -124,7 +120,7 @@ def kmeans_plusplus(
         >>> c0 = kmeans_plusplus(actions, 64, seed=0)
         >>> res = kmeans(actions, 64, init=c0)
     """
-    x = _check_points(x)
+    x, _ = _checked_points(x)
     _check_k(k, x.shape[0])
     g = _generator(seed, generator)
     trials = 2 + int(math.log(k)) if n_local_trials is None else int(n_local_trials)
