@@ -177,12 +177,10 @@ def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
     judge_clean = judge_scores(judge, test.images(jidx), targets_of(test.labels[jidx]))
     # SKD
     seed_everything(seed)
-    for key, cast in (("num_static", int), ("variant", str), ("conv_dim", int), ("k", int)):
+    for key, cast in (("num_static", int), ("variant", str), ("conv_dim", int), ("k", int), ("dropout", float)):
         env = os.environ.get(f"FASTORALS_KOOPMAN_{key.upper()}")
         if env:
             cfg[key] = cast(env)
-    if os.environ.get("FASTORALS_KOOPMAN_DROPOUT"):
-        cfg["dropout"] = float(os.environ["FASTORALS_KOOPMAN_DROPOUT"])
     model = StructuredKoopmanAE(frame_size=cfg["size"], k=cfg["k"], hidden=cfg["hidden"], conv_dim=cfg["conv_dim"],
                                 num_static=cfg.get("num_static", 7), variant=cfg.get("variant", "paper"),
                                 dropout=cfg.get("dropout", 0.2))
