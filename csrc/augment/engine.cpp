@@ -310,8 +310,41 @@ FASTORALS_CLONES void color_rows(const uint8_t* FASTORALS_RESTRICT R, const uint
   }
 }
 
-FASTORALS_CLONES void reverse_row(const uint8_t* FASTORALS_RESTRICT in, uint8_t* FASTORALS_RESTRICT out, int n) {
+FASTORALS_CLONES void reverse_row_portable(const uint8_t* FASTORALS_RESTRICT in, uint8_t* FASTORALS_RESTRICT out, int n) {
   for (int i = 0; i < n; ++i) out[i] = in[n - 1 - i];
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+// 64 bytes per step: out[i..i+63] are in[n-64-i .. n-1-i] reversed by one byte permute.
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) void reverse_row_vbmi(const uint8_t* in, uint8_t* out, int n) {
+  alignas(64) uint8_t rev[64], iota[64];
+  for (int k = 0; k < 64; ++k) {
+    rev[k] = static_cast<uint8_t>(63 - k);
+    iota[k] = static_cast<uint8_t>(k);
+  }
+  const __m512i r = _mm512_load_si512(rev);
+  int i = 0;
+  for (; i + 64 <= n; i += 64)
+    _mm512_storeu_si512(out + i, _mm512_maskz_permutexvar_epi8(~__mmask64(0), r, _mm512_loadu_si512(in + n - 64 - i)));
+  const int m = n - i;  // the remaining outputs mirror the first m inputs: one masked step
+  if (m > 0) {
+    const __mmask64 k = (~__mmask64(0)) >> (64 - m);
+    const __m512i idx = _mm512_sub_epi8(_mm512_set1_epi8(static_cast<char>(m - 1)), _mm512_load_si512(iota));
+    _mm512_mask_storeu_epi8(out + i, k, _mm512_maskz_permutexvar_epi8(~__mmask64(0), idx, _mm512_maskz_loadu_epi8(k, in)));
+  }
+}
+#endif
+
+bool has_vbmi();
+
+void reverse_row(const uint8_t* in, uint8_t* out, int n) {
+#if defined(__GNUC__) && defined(__x86_64__)
+  if (n >= 64 && has_vbmi()) {
+    reverse_row_vbmi(in, out, n);
+    return;
+  }
+#endif
+  reverse_row_portable(in, out, n);
 }
 
 // Source index of each output pixel of a row in Pillow's 16.16 affine_fixed (-1: outside).
@@ -401,7 +434,7 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void lut_row_vbmi(const u
 }
 #endif
 
-inline bool has_vbmi() {
+bool has_vbmi() {
 #if defined(__GNUC__) && defined(__x86_64__)
   static const bool v = simd_allowed() && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw");
   return v;
@@ -418,6 +451,67 @@ void lut_row(const uint8_t* in, const uint8_t* lut, uint8_t* out, int64_t n) {
   }
 #endif
   lut_row_scalar(in, lut, out, n);
+}
+
+// out[i] = table[in[i]] for a 256-entry float table, bit for bit: the table's four byte planes
+// are looked up with VBMI byte permutes (64 pixels per step) and interleaved back into floats
+// with two more rounds of two-source byte permutes. No gathers, no arithmetic: exact for any table.
+void f32_lut_row_scalar(const uint8_t* FASTORALS_RESTRICT in, const float* FASTORALS_RESTRICT table,
+                        float* FASTORALS_RESTRICT out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = table[in[i]];
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) void f32_lut_row_vbmi(const uint8_t* in, const float* table,
+                                                                            float* out, int64_t n) {
+  alignas(64) uint8_t planes[4][256];
+  for (int v = 0; v < 256; ++v) {
+    uint32_t u;
+    std::memcpy(&u, table + v, 4);
+    for (int k = 0; k < 4; ++k) planes[k][v] = static_cast<uint8_t>(u >> (8 * k));
+  }
+  __m512i t[4][4];
+  for (int k = 0; k < 4; ++k)
+    for (int j = 0; j < 4; ++j) t[k][j] = _mm512_load_si512(planes[k] + 64 * j);
+  // pair[h]: bytes (B0[i], B1[i]) of units 32h + i -> one 16-bit pair per unit; quad[q]: floats 16q..16q+15
+  alignas(64) uint8_t pair_idx[2][64], quad_idx[2][64];
+  for (int h = 0; h < 2; ++h)
+    for (int i = 0; i < 32; ++i) {
+      pair_idx[h][2 * i] = static_cast<uint8_t>(32 * h + i);
+      pair_idx[h][2 * i + 1] = static_cast<uint8_t>(64 + 32 * h + i);
+    }
+  for (int o = 0; o < 2; ++o)
+    for (int i = 0; i < 16; ++i)
+      for (int k = 0; k < 4; ++k) quad_idx[o][4 * i + k] = static_cast<uint8_t>((k < 2 ? 0 : 64) + 32 * o + 2 * i + (k & 1));
+  const __m512i p0 = _mm512_load_si512(pair_idx[0]), p1 = _mm512_load_si512(pair_idx[1]);
+  const __m512i q0 = _mm512_load_si512(quad_idx[0]), q1 = _mm512_load_si512(quad_idx[1]);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m512i x = _mm512_loadu_si512(in + i);
+    const __mmask64 hi = _mm512_movepi8_mask(x);
+    __m512i b[4];
+    for (int k = 0; k < 4; ++k)
+      b[k] = _mm512_mask_blend_epi8(hi, _mm512_permutex2var_epi8(t[k][0], x, t[k][1]),
+                                    _mm512_permutex2var_epi8(t[k][2], x, t[k][3]));
+    const __m512i l01 = _mm512_permutex2var_epi8(b[0], p0, b[1]), h01 = _mm512_permutex2var_epi8(b[0], p1, b[1]);
+    const __m512i l23 = _mm512_permutex2var_epi8(b[2], p0, b[3]), h23 = _mm512_permutex2var_epi8(b[2], p1, b[3]);
+    _mm512_storeu_si512(out + i, _mm512_permutex2var_epi8(l01, q0, l23));
+    _mm512_storeu_si512(out + i + 16, _mm512_permutex2var_epi8(l01, q1, l23));
+    _mm512_storeu_si512(out + i + 32, _mm512_permutex2var_epi8(h01, q0, h23));
+    _mm512_storeu_si512(out + i + 48, _mm512_permutex2var_epi8(h01, q1, h23));
+  }
+  f32_lut_row_scalar(in + i, table, out + i, n - i);
+}
+#endif
+
+void f32_lut_row(const uint8_t* in, const float* table, float* out, int64_t n) {
+#if defined(__GNUC__) && defined(__x86_64__)
+  if (n >= 256 && has_vbmi()) {
+    f32_lut_row_vbmi(in, table, out, n);
+    return;
+  }
+#endif
+  f32_lut_row_scalar(in, table, out, n);
 }
 
 FASTORALS_CLONES void u8_to_f32_row(const uint8_t* FASTORALS_RESTRICT in, float* FASTORALS_RESTRICT out, int n) {
@@ -596,9 +690,7 @@ void Engine::store_f32(float* out, const int32_t* cut, const float* mean, const 
       float x = static_cast<float>(lut_[c][v]) / 255.0f;  // ToTensor
       table[v] = (x - m) / sd;                              // Normalize
     }
-    const uint8_t* p = plane(c);
-    float* o = out + c * HW_;
-    for (int64_t i = 0; i < HW_; ++i) o[i] = table[p[i]];
+    f32_lut_row(plane(c), table, out + c * HW_, HW_);
   }
   int y1 = std::max(cut[0], 0), y2 = std::min(cut[1], H_), x1 = std::max(cut[2], 0), x2 = std::min(cut[3], W_);
   if (y1 < y2 && x1 < x2) {

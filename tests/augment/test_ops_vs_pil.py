@@ -102,6 +102,19 @@ def test_padding_and_none_ops_are_identity():
     assert torch.equal(empty, images)
 
 
+@pytest.mark.parametrize("w", [63, 64, 65, 127, 128, 191, 224, 257])
+def test_wide_rows_flip_and_float_output_match_pil(w):
+    # rows of 64+ pixels take the vectorized flip (with a masked tail) and planes of 256+ pixels the
+    # vectorized float table; every crop offset, flip and output type against the reference
+    rng = random.Random(w)
+    for trial in range(3):
+        args = list(random_batch(rng, 6, rng.choice([1, 3]), rng.choice([5, 17]), w, rng.choice([0, 2]), seed=trial))
+        args[4] = torch.tensor([0, 1] * 3, dtype=torch.uint8)  # flip half of the batch
+        for float_out in (False, True):
+            args[-1] = float_out
+            _exact(augment_apply_cpp(*args), augment_apply_reference(*args), f"w={w} trial {trial} float={float_out}")
+
+
 def test_float_output_is_totensor_cutout_normalize():
     images = make_images(4, 3, 16, 12)
     mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2023, 0.1994, 0.2010])
