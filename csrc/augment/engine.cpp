@@ -456,6 +456,8 @@ void lut_row(const uint8_t* in, const uint8_t* lut, uint8_t* out, int64_t n) {
 // out[i] = table[in[i]] for a 256-entry float table, bit for bit: the table's four byte planes
 // are looked up with VBMI byte permutes (64 pixels per step) and interleaved back into floats
 // with two more rounds of two-source byte permutes. No gathers, no arithmetic: exact for any table.
+// ``stream``: non-temporal stores (from the first 64-byte aligned output on), for outputs too big
+// to stay in cache: no read-for-ownership, and the caller's working set is not evicted.
 void f32_lut_row_scalar(const uint8_t* FASTORALS_RESTRICT in, const float* FASTORALS_RESTRICT table,
                         float* FASTORALS_RESTRICT out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = table[in[i]];
@@ -463,7 +465,7 @@ void f32_lut_row_scalar(const uint8_t* FASTORALS_RESTRICT in, const float* FASTO
 
 #if defined(__GNUC__) && defined(__x86_64__)
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void f32_lut_row_vbmi(const uint8_t* in, const float* table,
-                                                                            float* out, int64_t n) {
+                                                                            float* out, int64_t n, bool stream) {
   alignas(64) uint8_t planes[4][256];
   for (int v = 0; v < 256; ++v) {
     uint32_t u;
@@ -486,6 +488,12 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void f32_lut_row_vbmi(con
   const __m512i p0 = _mm512_load_si512(pair_idx[0]), p1 = _mm512_load_si512(pair_idx[1]);
   const __m512i q0 = _mm512_load_si512(quad_idx[0]), q1 = _mm512_load_si512(quad_idx[1]);
   int64_t i = 0;
+  if (stream) {
+    while (i < n && (reinterpret_cast<uintptr_t>(out + i) & 63) != 0) {
+      out[i] = table[in[i]];
+      ++i;
+    }
+  }
   for (; i + 64 <= n; i += 64) {
     const __m512i x = _mm512_loadu_si512(in + i);
     const __mmask64 hi = _mm512_movepi8_mask(x);
@@ -495,19 +503,27 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void f32_lut_row_vbmi(con
                                     _mm512_permutex2var_epi8(t[k][2], x, t[k][3]));
     const __m512i l01 = _mm512_permutex2var_epi8(b[0], p0, b[1]), h01 = _mm512_permutex2var_epi8(b[0], p1, b[1]);
     const __m512i l23 = _mm512_permutex2var_epi8(b[2], p0, b[3]), h23 = _mm512_permutex2var_epi8(b[2], p1, b[3]);
-    _mm512_storeu_si512(out + i, _mm512_permutex2var_epi8(l01, q0, l23));
-    _mm512_storeu_si512(out + i + 16, _mm512_permutex2var_epi8(l01, q1, l23));
-    _mm512_storeu_si512(out + i + 32, _mm512_permutex2var_epi8(h01, q0, h23));
-    _mm512_storeu_si512(out + i + 48, _mm512_permutex2var_epi8(h01, q1, h23));
+    if (stream) {
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(out + i), _mm512_permutex2var_epi8(l01, q0, l23));
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(out + i + 16), _mm512_permutex2var_epi8(l01, q1, l23));
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(out + i + 32), _mm512_permutex2var_epi8(h01, q0, h23));
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(out + i + 48), _mm512_permutex2var_epi8(h01, q1, h23));
+    } else {
+      _mm512_storeu_si512(out + i, _mm512_permutex2var_epi8(l01, q0, l23));
+      _mm512_storeu_si512(out + i + 16, _mm512_permutex2var_epi8(l01, q1, l23));
+      _mm512_storeu_si512(out + i + 32, _mm512_permutex2var_epi8(h01, q0, h23));
+      _mm512_storeu_si512(out + i + 48, _mm512_permutex2var_epi8(h01, q1, h23));
+    }
   }
+  if (stream) _mm_sfence();
   f32_lut_row_scalar(in + i, table, out + i, n - i);
 }
 #endif
 
-void f32_lut_row(const uint8_t* in, const float* table, float* out, int64_t n) {
+void f32_lut_row(const uint8_t* in, const float* table, float* out, int64_t n, bool stream) {
 #if defined(__GNUC__) && defined(__x86_64__)
   if (n >= 256 && has_vbmi()) {
-    f32_lut_row_vbmi(in, table, out, n);
+    f32_lut_row_vbmi(in, table, out, n, stream);
     return;
   }
 #endif
@@ -682,7 +698,7 @@ void Engine::store_u8(uint8_t* out, const int32_t* cut) {
   }
 }
 
-void Engine::store_f32(float* out, const int32_t* cut, const float* mean, const float* std) {
+void Engine::store_f32(float* out, const int32_t* cut, const float* mean, const float* std, bool stream) {
   for (int c = 0; c < C_; ++c) {
     float table[256];
     const float m = mean[c], sd = std[c];
@@ -690,7 +706,7 @@ void Engine::store_f32(float* out, const int32_t* cut, const float* mean, const 
       float x = static_cast<float>(lut_[c][v]) / 255.0f;  // ToTensor
       table[v] = (x - m) / sd;                              // Normalize
     }
-    f32_lut_row(plane(c), table, out + c * HW_, HW_);
+    f32_lut_row(plane(c), table, out + c * HW_, HW_, stream);
   }
   int y1 = std::max(cut[0], 0), y2 = std::min(cut[1], H_), x1 = std::max(cut[2], 0), x2 = std::min(cut[3], W_);
   if (y1 < y2 && x1 < x2) {

@@ -71,7 +71,8 @@ class Engine {
   void apply(int op, double v);
   // Final pass. cut = (y1, y2, x1, x2): box zeroed (after ToTensor for float output).
   void store_u8(uint8_t* out, const int32_t* cut);
-  void store_f32(float* out, const int32_t* cut, const float* mean, const float* std);
+  // ``stream``: write the floats with non-temporal stores (for outputs larger than the caches).
+  void store_f32(float* out, const int32_t* cut, const float* mean, const float* std, bool stream = false);
 
  private:
   const uint8_t* plane(int c) const { return cur_ + c * HW_; }

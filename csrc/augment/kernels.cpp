@@ -1,7 +1,10 @@
 // fastorals._C.augment: batched per-sample augmentation on the CPU. One OpenMP task per
 // sample runs that sample's whole chain (crop/flip, ops, cutout, ToTensor/Normalize) in one
 // Engine over thread-local ping-pong buffers.
+#include <unistd.h>
+
 #include <cstdint>
+#include <cstdlib>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -19,6 +22,23 @@ void check_shape(const py::array& a, std::initializer_list<py::ssize_t> shape, c
   check_ndim(a, static_cast<py::ssize_t>(shape.size()), name);
   py::ssize_t i = 0;
   for (auto s : shape) check_dim(a, i++, s, name);
+}
+
+// Bytes of float output from which it is streamed past the caches: the L2 of every thread.
+int64_t stream_threshold(int threads) {
+  static const int64_t forced = [] {
+    const char* e = std::getenv("FASTORALS_AUGMENT_STREAM_BYTES");
+    return e ? std::strtoll(e, nullptr, 10) : int64_t(-1);
+  }();
+  if (forced >= 0) return forced;
+  static const int64_t l2 = [] {
+    long v = -1;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return v > 0 ? int64_t(v) : int64_t(1) << 20;
+  }();
+  return l2 * threads;
 }
 
 }  // namespace
@@ -68,6 +88,10 @@ void apply_chains(carray<uint8_t> images, carray<int32_t> ops, carray<double> va
   const int iC = int(C), iH = int(H), iW = int(W);
   // A parallel region costs more than it saves on tiny batches (e.g. a few 32x32 images).
   const int threads = int64_t(B) * chw * (K + 1) < (int64_t(1) << 16) ? 1 : num_threads;
+  // A float output larger than the threads' L2 caches together cannot stay in cache for the
+  // consumer anyway: write it with non-temporal stores (no read-for-ownership, and the caller's
+  // working set survives). FASTORALS_AUGMENT_STREAM_BYTES overrides the threshold.
+  const bool stream = float_out && int64_t(B) * chw * 4 >= stream_threshold(clamp_threads(threads, B));
   py::gil_scoped_release nogil;
   parallel_for_dynamic(B, threads, [&](int64_t b) {
     static thread_local Scratch scratch;
@@ -79,7 +103,7 @@ void apply_chains(carray<uint8_t> images, carray<int32_t> ops, carray<double> va
       if (o >= 0) e.apply(o, val[b * K + k]);
     }
     if (float_out)
-      e.store_f32(static_cast<float*>(dst) + b * chw, cu + 4 * b, mu, sd);
+      e.store_f32(static_cast<float*>(dst) + b * chw, cu + 4 * b, mu, sd, stream);
     else
       e.store_u8(static_cast<uint8_t*>(dst) + b * chw, cu + 4 * b);
   });

@@ -795,9 +795,13 @@ class BatchAugment(nn.Module):
             return batch_augment(images, chains.ops, chains.magnitudes, chains.signs, generator,
                                  crop_padding=self.crop_padding, flip_prob=self.flip_prob, cutout=self.cutout,
                                  mean=self.mean, std=self.std, out_dtype=self.out_dtype)
-        choice, sign_draw, active, op = _draw_slots(tab, n, b, k, generator, dev)
-        o = op.to(torch.int32)
-        v = torch.where(active, table[(levels.unsqueeze(1) * tab.pool.numel() + choice) * 2 + sign_draw], 0.0)
+        if k:
+            choice, sign_draw, active, op = _draw_slots(tab, n, b, k, generator, dev)
+            o = op.to(torch.int32)
+            v = torch.where(active, table[(levels.unsqueeze(1) * tab.pool.numel() + choice) * 2 + sign_draw], 0.0)
+        else:  # no op slot in the batch: nothing to draw (empty draws take nothing from the generator)
+            o = torch.empty(b, 0, dtype=torch.int32, device=dev)
+            v = torch.empty(b, 0, dtype=torch.float64, device=dev)
         d = _pipeline_draws(b, h, w, self.crop_padding, self.flip_prob, self.cutout, generator)
         img_dev = images.device
         key = (c, img_dev, self.mean, self.std, self.out_dtype)
@@ -805,8 +809,11 @@ class BatchAugment(nn.Module):
         if spec is None:
             spec = self._spec_cache[key] = _output_spec(self.mean, self.std, self.out_dtype, c, img_dev)
         mean_t, std_t, float_out = spec
-        return _launch(images.contiguous(), o.to(img_dev).contiguous(), v.to(img_dev).contiguous(),
-                       d.crop.to(img_dev), d.flip.to(img_dev, torch.uint8), d.cutout.to(img_dev),
+        flip = d.flip.to(torch.uint8)
+        if dev != img_dev:  # the generator's device draws, the images' device applies
+            o, v, flip = o.to(img_dev), v.to(img_dev), flip.to(img_dev)
+            d = PipelineDraws(d.crop.to(img_dev), d.flip, d.cutout.to(img_dev))
+        return _launch(images.contiguous(), o.contiguous(), v.contiguous(), d.crop, flip, d.cutout,
                        mean_t, std_t, float_out, direct=True)
 
     def extra_repr(self) -> str:

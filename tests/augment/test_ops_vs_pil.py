@@ -181,7 +181,11 @@ def test_kernel_rejects_unknown_op_ids_itself():
         augment_apply_cpp(*args)
 
 
-def test_portable_paths_without_hand_written_simd():
+@pytest.mark.parametrize("env_var", [
+    ("FASTORALS_AUGMENT_SCALAR", "1"),  # the portable paths, without the hand-written SIMD
+    ("FASTORALS_AUGMENT_STREAM_BYTES", "0"),  # every float output written with non-temporal stores
+])
+def test_portable_and_streaming_paths(env_var):
     import os
     import subprocess
     import sys
@@ -192,11 +196,14 @@ def test_portable_paths_without_hand_written_simd():
         "from augment_helpers import random_batch\n"
         "from fastorals.augment.ops import augment_apply_cpp, augment_apply_reference\n"
         "rng = random.Random(7)\n"
-        "for t in range(6):\n"
-        "    args = random_batch(rng, 6, rng.choice([1, 3]), 70, 67, 8, seed=t)\n"
+        "for t in range(8):\n"
+        "    h, w = [(70, 67), (16, 16), (33, 64), (224, 224)][t % 4]\n"
+        "    args = list(random_batch(rng, 3, rng.choice([1, 3]), h, w, 8 if t < 4 else 1, seed=t))\n"
+        "    args[-1] = t % 2 == 0 or args[-1]\n"
         "    assert torch.equal(augment_apply_cpp(*args), augment_apply_reference(*args)), t\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, FASTORALS_AUGMENT_SCALAR="1")
+    env = dict(os.environ)
+    env[env_var[0]] = env_var[1]
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
