@@ -20,6 +20,7 @@ import torch
 from benchmarks.harness import Case, Suite
 from fastorals import _ext
 from fastorals.koopman import eigenvalue_loss, fit_koopman
+from fastorals.koopman import ops as kops
 from fastorals.koopman.reference import fit_koopman_reference, spectral_terms_reference
 
 T = 8
@@ -123,7 +124,8 @@ def cases(mode: str, device: str):
             op="koopman_fit", shape=f"B{b}xT{T}xk{k}", dtype="float32", device="cpu",
             fast={"fastorals": lambda z=z: fit_koopman(z)},
             reference=lambda z=z: fit_koopman_reference(z)[0],
-            peers=peers, backend="torch", flops=4.0 * n * k * k + 3.0 * k**3, verify=_verify_fit,
+            peers=peers, backend="cpp" if _ext.HAS_EXT and k <= kops.CPP_FIT_MAX_K else "torch",
+            flops=4.0 * n * k * k + 3.0 * k**3, verify=_verify_fit,
             note="reference = torch.linalg.lstsq (default driver), as the official layer",
         )
         yield Case(

@@ -68,7 +68,12 @@ def _check_latents(z: torch.Tensor, name: str = "z", *, check_finite: bool = Tru
         raise ValueError(f"{name}: sequences must have at least 2 time steps (T >= 2), got shape {tuple(z.shape)}")
     if b < 1 or k < 1:
         raise ValueError(f"{name}: expected B >= 1 and k >= 1, got shape {tuple(z.shape)}")
-    if z.numel() and check_finite and not bool(torch.isfinite(z).all()):
+    if check_finite:
+        _check_finite_latents(z, name)
+
+
+def _check_finite_latents(z: torch.Tensor, name: str = "z") -> None:
+    if z.numel() and not bool(torch.isfinite(z).all()):
         raise ValueError(f"{name}: latents contain non-finite values (NaN or inf)")
 
 
@@ -175,7 +180,7 @@ def fit_koopman(
         >>> fit.C.shape, fit.z_pred.shape
         (torch.Size([40, 40]), torch.Size([32, 8, 40]))
     """
-    _check_latents(z, check_finite=check_finite)
+    _check_latents(z, check_finite=False)
     if fallback not in ("auto", "lstsq", "none"):
         raise ValueError(f"fallback: expected 'auto', 'lstsq' or 'none', got {fallback!r}")
     if ridge is not None and not (ridge >= 0):
@@ -186,7 +191,11 @@ def fit_koopman(
     ridge_v = 10 * eps if ridge is None else float(ridge)
     limit = 0.01 / eps if cond_limit is None else float(cond_limit)
     *lead, b, t, k = zc.shape
-    backend = _ext.select_backend("fit_koopman", zc.device, ("torch", "reference"))
+    backend = _ext.select_backend("fit_koopman", zc.device, ("cpp", "torch", "reference"))
+    if backend == "cpp" and k > ops.CPP_FIT_MAX_K and _ext.requested_backend() == "auto":
+        backend = "torch"  # above this size LAPACK's blocked kernels win
+    if check_finite and backend != "cpp":
+        _check_finite_latents(z)
     z4 = zc.reshape(-1, b, t, k)
     if backend == "reference":
         c4, _ = fit_koopman_reference(z4)
@@ -194,11 +203,19 @@ def fit_koopman(
         bad = ~torch.isfinite(c4).all(-1).all(-1)
         used = True
     else:
-        c4, _, cond, info = ops.koopman_fit(z4, ridge_v, relative_ridge)
-        bad = (info != 0) | ~(cond <= limit) | ~torch.isfinite(c4).all(-1).all(-1)
+        c4, _, cond, info = ops.koopman_fit(z4, ridge_v, relative_ridge, cpp=backend == "cpp")
+        if backend == "cpp":  # its condition estimate is +inf for a failed or non-finite fit
+            bad = ~(cond <= limit)
+        else:
+            bad = (info != 0) | ~(cond <= limit) | ~torch.isfinite(c4).all(-1).all(-1)
         used = False
         mode = fallback if fallback != "auto" else ("lstsq" if zc.device.type == "cpu" else "none")
-        if mode == "lstsq" and bool(bad.any()):
+        any_bad = bool(bad.any()) if backend == "cpp" or mode == "lstsq" else False
+        if backend == "cpp" and check_finite and any_bad:
+            # non-finite latents always make a C++ fit bad (NaN/inf reach the Gram or C), so the
+            # check only runs here: the same error as the other backends, found later
+            _check_finite_latents(z)
+        if mode == "lstsq" and any_bad:
             x = z4[:, :, :-1].reshape(z4.shape[0], -1, k)
             y = z4[:, :, 1:].reshape(z4.shape[0], -1, k)
             c_ls = _lstsq(x, y)

@@ -22,9 +22,39 @@ __all__ = ["koopman_fit", "spectral_terms"]
 # ------------------------------------------------------------------------------ Koopman fit
 
 
+# Up to this latent size the C++ solve (one call after the two Gram products: ridge, Cholesky,
+# both triangular solves, condition estimate) beats the ~50 small PyTorch ops of _fit_torch;
+# above it LAPACK's blocked kernels win.
+CPP_FIT_MAX_K = 128
+
+
+def _fit_cpp(z: torch.Tensor, ridge: float, relative: bool):
+    mod = _ext.ext_topic("koopman_fit")
+    g, b, t, k = z.shape
+    # rows [z_t | z_t+1] of every step, and [X^T X | X^T Y] in one product
+    xy = z.unfold(2, 2, 1).transpose(-1, -2).reshape(g, b * (t - 1), 2 * k)
+    normal = (xy[..., :k].mT @ xy).contiguous()
+    c = z.new_empty(g, k, k)
+    factor = z.new_empty(g, k, k)
+    cond = z.new_empty(g)
+    info = torch.empty(g, dtype=torch.int32)
+    mod.koopman_solve(normal.numpy(), _probe(k, z.dtype, z.device).numpy(), float(ridge), bool(relative), c.numpy(),
+                      factor.numpy(), cond.numpy(), info.numpy(), torch.get_num_threads())
+    return c, factor, cond, info
+
+
 @torch.library.custom_op("fastorals::koopman_fit", mutates_args=())
-def _koopman_fit(z: torch.Tensor, ridge: float, relative: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                          torch.Tensor]:
+def _koopman_fit(z: torch.Tensor, ridge: float, relative: bool, cpp: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if cpp:
+        if z.device.type != "cpu" or _ext.ext_topic("koopman_fit") is None:
+            raise _ext.BackendUnavailableError(f"koopman_fit: the C++ fit needs CPU tensors and the extension "
+                                               f"(device {z.device}; {_ext.EXT_ERROR or 'extension loaded'})")
+        return _fit_cpp(z.contiguous(), ridge, relative)
+    return _fit_torch(z, ridge, relative)
+
+
+def _fit_torch(z: torch.Tensor, ridge: float, relative: bool):
     g, b, t, k = z.shape
     x = z[:, :, :-1].reshape(g, b * (t - 1), k)
     y = z[:, :, 1:].reshape(g, b * (t - 1), k)
@@ -80,14 +110,14 @@ def _ridge(gram: torch.Tensor, ridge: float, relative: bool) -> torch.Tensor:
 
 
 @_koopman_fit.register_fake
-def _(z, ridge, relative):
+def _(z, ridge, relative, cpp=False):
     g, _, _, k = z.shape
     return (z.new_empty(g, k, k), z.new_empty(g, k, k), z.new_empty(g),
             z.new_empty(g, dtype=torch.int32))
 
 
 def _fit_setup(ctx, inputs, output):
-    z, ridge, relative = inputs
+    z, ridge, relative, _ = inputs
     c, factor, cond, info = output
     ctx.ridge, ctx.relative = ridge, relative
     ctx.save_for_backward(z, factor, c)
@@ -98,7 +128,7 @@ def _fit_backward(ctx, g_c, g_factor, g_cond, g_info):
     z, factor, c = ctx.saved_tensors
     g, b, t, k = z.shape
     if g_c is None:
-        return None, None, None
+        return None, None, None, None
     g_c = g_c.contiguous()
     x = z[:, :, :-1].reshape(g, b * (t - 1), k)
     y = z[:, :, 1:].reshape(g, b * (t - 1), k)
@@ -117,19 +147,44 @@ def _fit_backward(ctx, g_c, g_factor, g_cond, g_info):
     gz = torch.zeros_like(z)
     gz[:, :, :-1] += gx.reshape(g, b, t - 1, k)
     gz[:, :, 1:] += gy.reshape(g, b, t - 1, k)
-    return gz, None, None
+    return gz, None, None, None
 
 
 _koopman_fit.register_autograd(_fit_backward, setup_context=_fit_setup)
 
 
-def koopman_fit(z: torch.Tensor, ridge: float, relative: bool = True):
+class _FitCpp(torch.autograd.Function):
+    """The C++ fit outside the op registry (eager mode): the same forward and backward as
+    ``fastorals::koopman_fit`` with cpp=True, without the registered op's dispatch."""
+
+    @staticmethod
+    def forward(ctx, z, ridge, relative):
+        c, factor, cond, info = _fit_cpp(z, ridge, relative)
+        ctx.ridge, ctx.relative = ridge, relative
+        ctx.save_for_backward(z, factor, c)
+        ctx.mark_non_differentiable(factor, cond, info)
+        return c, factor, cond, info
+
+    @staticmethod
+    def backward(ctx, g_c, g_factor, g_cond, g_info):
+        return _fit_backward(ctx, g_c, g_factor, g_cond, g_info)[:3]
+
+
+def koopman_fit(z: torch.Tensor, ridge: float, relative: bool = True, cpp: bool = False):
     """Launcher: (G, B, T, k) latents -> (C, Cholesky factor, condition estimate, info).
+
+    ``cpp``: the fused C++ fit (CPU, float32/float64) instead of the PyTorch ops; in eager mode it
+    is called through a plain autograd function (tens of microseconds less than the registered op),
+    under ``torch.compile`` through the op. Its condition estimate is +inf wherever the
+    factorization failed or C is not finite.
 
     ``info`` is 0 where the factorization succeeded (``torch.linalg.cholesky_ex`` convention);
     the condition estimate ``(max diag L / min diag L)^2`` is a lower bound of cond(X^T X + ridge).
     """
-    return _koopman_fit(z.contiguous(), float(ridge), bool(relative))
+    z = z.contiguous()
+    if cpp and not torch.compiler.is_compiling() and z.device.type == "cpu" and _ext.ext_topic("koopman_fit"):
+        return _FitCpp.apply(z, float(ridge), bool(relative))
+    return _koopman_fit(z, float(ridge), bool(relative), bool(cpp))
 
 
 # ------------------------------------------------------------------------------ spectral terms

@@ -185,8 +185,45 @@ def test_reference_backend_and_torch_backend_agree():
         fast = fit_koopman(z)
     assert ref.used_lstsq
     assert_close(ref.C, fast.C, atol=1e-9, rtol=1e-9)
-    with fastorals.use_backend("cpp"), assert_raises(fastorals.BackendUnavailableError, "fit_koopman", "cpp"):
+    with fastorals.use_backend("cpp"):
+        cpp = fit_koopman(z)
+    assert_close(cpp.C, fast.C, atol=1e-9, rtol=1e-9)
+    with fastorals.use_backend("triton"), assert_raises(fastorals.BackendUnavailableError, "fit_koopman", "triton"):
         fit_koopman(z)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("g", "b", "t", "k"), [(1, 32, 8, 40), (3, 4, 5, 7), (1, 2, 3, 1), (2, 16, 8, 64),
+                                                (1, 3, 9, 17), (1, 64, 8, 130), (1, 5, 2, 3)])
+@pytest.mark.parametrize("relative", [True, False])
+def test_cpp_solve_matches_torch_path(dtype, g, b, t, k, relative):
+    """The fused C++ solve (ridge, Cholesky, solves, condition estimate) against the PyTorch ops:
+    same C, factor and condition estimate up to rounding, same status, same gradient."""
+    z = torch.randn(g, b, t, k, dtype=dtype, generator=torch.Generator().manual_seed(g * 1000 + k))
+    ridge = 1e-6 if relative else 0.1
+    cpp = kops.koopman_fit(z, ridge, relative, cpp=True)
+    ref = kops.koopman_fit(z, ridge, relative, cpp=False)
+    tol = dict(atol=2e-4, rtol=2e-4) if dtype == torch.float32 else dict(atol=1e-10, rtol=1e-10)
+    for a, r in zip(cpp[:3], ref[:3]):
+        assert_close(a, r, **tol)
+    assert torch.equal(cpp[3], ref[3]) and int(cpp[3].abs().sum()) == 0
+    w = torch.randn(g, k, k, dtype=dtype, generator=torch.Generator().manual_seed(7))
+    grads = []
+    for use_cpp in (True, False):
+        zz = z.clone().requires_grad_(True)
+        (kops.koopman_fit(zz, ridge, relative, cpp=use_cpp)[0] * w).sum().backward()
+        grads.append(zz.grad)
+    assert_close(grads[0], grads[1], **tol)
+
+
+def test_cpp_solve_failed_factorization_is_flagged():
+    z = torch.zeros(1, 4, 5, 6)
+    c, factor, cond, info = kops.koopman_fit(z, 0.0, False, cpp=True)
+    assert int(info[0]) == 1 and bool(torch.isnan(c).all()) and bool(torch.isnan(factor).all())
+    assert not bool(cond[0] <= 1e30)
+    with pytest.warns(KoopmanFitWarning):  # fit_koopman falls back to lstsq, as on the torch path
+        fit = fit_koopman(torch.zeros(3, 4, 5), ridge=0.0, relative_ridge=False)
+    assert torch.equal(fit.C, torch.zeros(5, 5)) and fit.used_lstsq
 
 
 @given(b=st.integers(1, 12), t=st.integers(2, 9), k=st.integers(1, 12), seed=st.integers(0, 10_000))
@@ -207,8 +244,9 @@ def test_property_prediction_is_optimal(b, t, k, seed):
 
 def test_opcheck():
     z = torch.randn(2, 4, 5, 3, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(kops._koopman_fit, (z, 1e-6, True))
-    torch.library.opcheck(kops._koopman_fit, (z, 0.1, False))
+    for cpp in (False, True):
+        torch.library.opcheck(kops._koopman_fit, (z, 1e-6, True, cpp))
+        torch.library.opcheck(kops._koopman_fit, (z, 0.1, False, cpp))
 
 
 @pytest.mark.parametrize(
