@@ -52,4 +52,11 @@ inline void check_writeable(const py::array& a, const char* name) {
   if (!a.writeable()) throw std::invalid_argument(std::string(name) + ": expected a writeable array");
 }
 
+// A writeable output vector of ``size`` elements.
+inline void check_out_vector(const py::array& a, py::ssize_t size, const char* name) {
+  check_ndim(a, 1, name);
+  check_dim(a, 0, size, name);
+  check_writeable(a, name);
+}
+
 }  // namespace fastorals

@@ -227,12 +227,8 @@ void koopman_solve(carray<T> normal, carray<T> probe, double ridge, bool relativ
   }
   check_writeable(C, "C");
   check_writeable(L, "L");
-  check_ndim(cond, 1, "cond");
-  check_dim(cond, 0, G, "cond");
-  check_ndim(info, 1, "info");
-  check_dim(info, 0, G, "info");
-  check_writeable(cond, "cond");
-  check_writeable(info, "info");
+  check_out_vector(cond, G, "cond");
+  check_out_vector(info, G, "info");
   const T* np = normal.data();
   const T* pr = probe.data();
   T* cp = C.mutable_data();

@@ -803,15 +803,9 @@ py::dict solve_impl(carray<T> cost, bool negate, carray<double> v, carray<int64_
   const int64_t n = cost.shape(0), m = cost.shape(1);
   if (n > m) throw std::invalid_argument("cost: expected rows <= columns (transpose first), got shape " + shape_str(cost));
   if (m >= (int64_t{1} << 31)) throw std::invalid_argument("cost: more than 2^31 - 1 columns");
-  check_ndim(v, 1, "col_duals");
-  check_dim(v, 0, m, "col_duals");
-  check_ndim(x, 1, "row_to_col");
-  check_dim(x, 0, n, "row_to_col");
-  check_ndim(u, 1, "row_duals");
-  check_dim(u, 0, n, "row_duals");
-  check_writeable(v, "col_duals");
-  check_writeable(x, "row_to_col");
-  check_writeable(u, "row_duals");
+  check_out_vector(v, m, "col_duals");
+  check_out_vector(x, n, "row_to_col");
+  check_out_vector(u, n, "row_duals");
   const T* c = cost.data();
   double* vp = v.mutable_data();
   int64_t* xp = x.mutable_data();
