@@ -317,19 +317,19 @@ FASTORALS_CLONES void reverse_row_portable(const uint8_t* FASTORALS_RESTRICT in,
 #if defined(__GNUC__) && defined(__x86_64__)
 // 64 bytes per step: out[i..i+63] are in[n-64-i .. n-1-i] reversed by one byte permute.
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void reverse_row_vbmi(const uint8_t* in, uint8_t* out, int n) {
-  alignas(64) uint8_t rev[64], iota[64];
-  for (int k = 0; k < 64; ++k) {
-    rev[k] = static_cast<uint8_t>(63 - k);
-    iota[k] = static_cast<uint8_t>(k);
-  }
-  const __m512i r = _mm512_load_si512(rev);
+  alignas(64) uint8_t iota[64];
+  for (int k = 0; k < 64; ++k) iota[k] = static_cast<uint8_t>(k);
+  const __m512i lanes = _mm512_load_si512(iota);
+  // byte index (m - 1 - lane): the reversal of the first m bytes (m = 64: of all of them)
+  auto reversal = [&](int m) { return _mm512_sub_epi8(_mm512_set1_epi8(static_cast<char>(m - 1)), lanes); };
+  const __m512i r = reversal(64);
   int i = 0;
   for (; i + 64 <= n; i += 64)
     _mm512_storeu_si512(out + i, _mm512_maskz_permutexvar_epi8(~__mmask64(0), r, _mm512_loadu_si512(in + n - 64 - i)));
   const int m = n - i;  // the remaining outputs mirror the first m inputs: one masked step
   if (m > 0) {
     const __mmask64 k = (~__mmask64(0)) >> (64 - m);
-    const __m512i idx = _mm512_sub_epi8(_mm512_set1_epi8(static_cast<char>(m - 1)), _mm512_load_si512(iota));
+    const __m512i idx = reversal(m);
     _mm512_mask_storeu_epi8(out + i, k, _mm512_maskz_permutexvar_epi8(~__mmask64(0), idx, _mm512_maskz_loadu_epi8(k, in)));
   }
 }
@@ -488,11 +488,11 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void f32_lut_row_vbmi(con
   const __m512i p0 = _mm512_load_si512(pair_idx[0]), p1 = _mm512_load_si512(pair_idx[1]);
   const __m512i q0 = _mm512_load_si512(quad_idx[0]), q1 = _mm512_load_si512(quad_idx[1]);
   int64_t i = 0;
-  if (stream) {
-    while (i < n && (reinterpret_cast<uintptr_t>(out + i) & 63) != 0) {
-      out[i] = table[in[i]];
-      ++i;
-    }
+  if (reinterpret_cast<uintptr_t>(out) % sizeof(float) != 0) stream = false;  // never 64-byte aligned
+  if (stream) {  // scalar up to the first 64-byte aligned output
+    const int64_t misaligned = int64_t(reinterpret_cast<uintptr_t>(out) & 63) / int64_t(sizeof(float));
+    i = std::min(n, misaligned ? 16 - misaligned : int64_t(0));
+    f32_lut_row_scalar(in, table, out, i);
   }
   for (; i + 64 <= n; i += 64) {
     const __m512i x = _mm512_loadu_si512(in + i);
@@ -503,16 +503,13 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void f32_lut_row_vbmi(con
                                     _mm512_permutex2var_epi8(t[k][2], x, t[k][3]));
     const __m512i l01 = _mm512_permutex2var_epi8(b[0], p0, b[1]), h01 = _mm512_permutex2var_epi8(b[0], p1, b[1]);
     const __m512i l23 = _mm512_permutex2var_epi8(b[2], p0, b[3]), h23 = _mm512_permutex2var_epi8(b[2], p1, b[3]);
-    if (stream) {
-      _mm512_stream_si512(reinterpret_cast<__m512i*>(out + i), _mm512_permutex2var_epi8(l01, q0, l23));
-      _mm512_stream_si512(reinterpret_cast<__m512i*>(out + i + 16), _mm512_permutex2var_epi8(l01, q1, l23));
-      _mm512_stream_si512(reinterpret_cast<__m512i*>(out + i + 32), _mm512_permutex2var_epi8(h01, q0, h23));
-      _mm512_stream_si512(reinterpret_cast<__m512i*>(out + i + 48), _mm512_permutex2var_epi8(h01, q1, h23));
-    } else {
-      _mm512_storeu_si512(out + i, _mm512_permutex2var_epi8(l01, q0, l23));
-      _mm512_storeu_si512(out + i + 16, _mm512_permutex2var_epi8(l01, q1, l23));
-      _mm512_storeu_si512(out + i + 32, _mm512_permutex2var_epi8(h01, q0, h23));
-      _mm512_storeu_si512(out + i + 48, _mm512_permutex2var_epi8(h01, q1, h23));
+    const __m512i f[4] = {_mm512_permutex2var_epi8(l01, q0, l23), _mm512_permutex2var_epi8(l01, q1, l23),
+                          _mm512_permutex2var_epi8(h01, q0, h23), _mm512_permutex2var_epi8(h01, q1, h23)};
+    for (int q = 0; q < 4; ++q) {  // floats i + 16q .. i + 16q + 15
+      if (stream)
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(out + i + 16 * q), f[q]);
+      else
+        _mm512_storeu_si512(out + i + 16 * q, f[q]);
     }
   }
   if (stream) _mm_sfence();
