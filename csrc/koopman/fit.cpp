@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -81,7 +82,7 @@ void sym_mul(const T* A, const T* v, T* out, int64_t k, int64_t kp) {
 }
 
 template <typename T>
-void fit_one(const T* ne, int64_t k, const T* probe, int64_t p, T ridge, bool relative, T* C, T* L,
+void fit_one(const T* ne, int64_t k, const T* probe, int64_t p, int iters, T ridge, bool relative, T* C, T* L,
              T* cond, int32_t* info, std::vector<T>& buf) {
   const int64_t kp = (k + kPad - 1) / kPad * kPad;
   buf.assign(size_t(4 * kp * kp + 5 * kp), T(0));
@@ -154,7 +155,7 @@ void fit_one(const T* ne, int64_t k, const T* probe, int64_t p, T ridge, bool re
     *cond = std::numeric_limits<T>::infinity();
     return;
   }
-  // condition estimate: (max/min diagonal of the factor)^2, and per probe column four power
+  // condition estimate: (max/min diagonal of the factor)^2, and per probe column ``iters`` power
   // iterations on A and on A^-1, then the largest Rayleigh quotients
   T dmax = Lw[0], dmin = Lw[0];
   for (int64_t i = 1; i < k; ++i) {
@@ -165,7 +166,7 @@ void fit_one(const T* ne, int64_t k, const T* probe, int64_t p, T ridge, bool re
   T big = -std::numeric_limits<T>::infinity(), inv_big = big;
   for (int64_t c = 0; c < p; ++c) {
     for (int64_t i = 0; i < k; ++i) u[i] = v[i] = probe[i * p + c];
-    for (int it = 0; it < 4; ++it) {
+    for (int it = 0; it < iters; ++it) {
       sym_mul(A, u, t1, k, kp);
       std::copy(t1, t1 + k, u);
       normalize(u, k, kp);
@@ -189,29 +190,19 @@ void fit_one(const T* ne, int64_t k, const T* probe, int64_t p, T ridge, bool re
 #else
 #define FASTORALS_FLATTEN
 #endif
-FASTORALS_CLONES FASTORALS_FLATTEN void fit_one_f(const float* ne, int64_t k, const float* probe,
-                                                  int64_t p, float ridge, bool relative, float* C, float* L,
-                                                  float* cond, int32_t* info, std::vector<float>& buf) {
-  fit_one<float>(ne, k, probe, p, ridge, relative, C, L, cond, info, buf);
+FASTORALS_CLONES FASTORALS_FLATTEN void fit_one_f(const float* ne, int64_t k, const float* probe, int64_t p, int iters,
+                                                  float ridge, bool relative, float* C, float* L, float* cond,
+                                                  int32_t* info, std::vector<float>& buf) {
+  fit_one<float>(ne, k, probe, p, iters, ridge, relative, C, L, cond, info, buf);
 }
-FASTORALS_CLONES FASTORALS_FLATTEN void fit_one_d(const double* ne, int64_t k,
-                                                  const double* probe, int64_t p, double ridge, bool relative,
-                                                  double* C, double* L, double* cond, int32_t* info,
-                                                  std::vector<double>& buf) {
-  fit_one<double>(ne, k, probe, p, ridge, relative, C, L, cond, info, buf);
-}
-inline void fit_one_v(const float* ne, int64_t k, const float* probe, int64_t p, float ridge,
-                      bool relative, float* C, float* L, float* cond, int32_t* info, std::vector<float>& buf) {
-  fit_one_f(ne, k, probe, p, ridge, relative, C, L, cond, info, buf);
-}
-inline void fit_one_v(const double* ne, int64_t k, const double* probe, int64_t p,
-                      double ridge, bool relative, double* C, double* L, double* cond, int32_t* info,
-                      std::vector<double>& buf) {
-  fit_one_d(ne, k, probe, p, ridge, relative, C, L, cond, info, buf);
+FASTORALS_CLONES FASTORALS_FLATTEN void fit_one_d(const double* ne, int64_t k, const double* probe, int64_t p,
+                                                  int iters, double ridge, bool relative, double* C, double* L,
+                                                  double* cond, int32_t* info, std::vector<double>& buf) {
+  fit_one<double>(ne, k, probe, p, iters, ridge, relative, C, L, cond, info, buf);
 }
 
 template <typename T>
-void koopman_solve(carray<T> normal, carray<T> probe, double ridge, bool relative, carray<T> C,
+void koopman_solve(carray<T> normal, carray<T> probe, int iters, double ridge, bool relative, carray<T> C,
                    carray<T> L, carray<T> cond, carray<int32_t> info, int num_threads) {
   check_ndim(normal, 3, "normal");
   const int64_t G = normal.shape(0), k = normal.shape(1);
@@ -219,6 +210,7 @@ void koopman_solve(carray<T> normal, carray<T> probe, double ridge, bool relativ
   check_ndim(probe, 2, "probe");
   check_dim(probe, 0, k, "probe");
   const int64_t p = probe.shape(1);
+  if (iters < 0) throw std::invalid_argument("iters: expected >= 0");
   for (auto* a : {&C, &L}) {
     check_ndim(*a, 3, "C/L");
     check_dim(*a, 0, G, "C/L");
@@ -239,8 +231,12 @@ void koopman_solve(carray<T> normal, carray<T> probe, double ridge, bool relativ
   parallel_chunks(G, G > 1 ? num_threads : 1, [&](int64_t b, int64_t e, int) {
     std::vector<T> buf;
     for (int64_t g = b; g < e; ++g)
-      fit_one_v(np + g * k * 2 * k, k, pr, p, T(ridge), relative, cp + g * k * k, lp + g * k * k, kp + g,
-                ip + g, buf);
+      if constexpr (std::is_same_v<T, float>)
+        fit_one_f(np + g * k * 2 * k, k, pr, p, iters, T(ridge), relative, cp + g * k * k, lp + g * k * k, kp + g,
+                  ip + g, buf);
+      else
+        fit_one_d(np + g * k * 2 * k, k, pr, p, iters, T(ridge), relative, cp + g * k * k, lp + g * k * k, kp + g,
+                  ip + g, buf);
   });
 }
 
@@ -253,9 +249,9 @@ FASTORALS_REGISTER(koopman_fit, m) {
       "Koopman matrices from the normal equations [X^T X | X^T Y] (G, k, 2k) with a ridge: writes C and "
       "the Cholesky factor (G, k, k), a condition estimate (G,) and the factorization status (G,) (0: success).";
   m.def("koopman_solve", &fastorals::koopman::koopman_solve<float>, doc, py::arg("normal"), py::arg("probe"),
-        py::arg("ridge"), py::arg("relative"), py::arg("C"), py::arg("L"), py::arg("cond"), py::arg("info"),
-        py::arg("num_threads"));
+        py::arg("iters"), py::arg("ridge"), py::arg("relative"), py::arg("C"), py::arg("L"), py::arg("cond"),
+        py::arg("info"), py::arg("num_threads"));
   m.def("koopman_solve", &fastorals::koopman::koopman_solve<double>, doc, py::arg("normal"), py::arg("probe"),
-        py::arg("ridge"), py::arg("relative"), py::arg("C"), py::arg("L"), py::arg("cond"), py::arg("info"),
-        py::arg("num_threads"));
+        py::arg("iters"), py::arg("ridge"), py::arg("relative"), py::arg("C"), py::arg("L"), py::arg("cond"),
+        py::arg("info"), py::arg("num_threads"));
 }

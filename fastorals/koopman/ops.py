@@ -26,6 +26,8 @@ __all__ = ["koopman_fit", "spectral_terms"]
 # both triangular solves, condition estimate) beats the ~50 small PyTorch ops of _fit_torch;
 # above it LAPACK's blocked kernels win.
 CPP_FIT_MAX_K = 128
+# power iterations of the condition estimate (both paths)
+COND_ITERS = 4
 
 
 def _fit_cpp(z: torch.Tensor, ridge: float, relative: bool):
@@ -38,8 +40,8 @@ def _fit_cpp(z: torch.Tensor, ridge: float, relative: bool):
     factor = z.new_empty(g, k, k)
     cond = z.new_empty(g)
     info = torch.empty(g, dtype=torch.int32)
-    mod.koopman_solve(normal.numpy(), _probe(k, z.dtype, z.device).numpy(), float(ridge), bool(relative), c.numpy(),
-                      factor.numpy(), cond.numpy(), info.numpy(), torch.get_num_threads())
+    mod.koopman_solve(normal.numpy(), _probe(k, z.dtype, z.device).numpy(), COND_ITERS, float(ridge), bool(relative),
+                      c.numpy(), factor.numpy(), cond.numpy(), info.numpy(), torch.get_num_threads())
     return c, factor, cond, info
 
 
@@ -80,7 +82,7 @@ def _probe(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return _PROBES[key]
 
 
-def _cond_estimate(gram: torch.Tensor, factor: torch.Tensor, iters: int = 4) -> torch.Tensor:
+def _cond_estimate(gram: torch.Tensor, factor: torch.Tensor, iters: int = COND_ITERS) -> torch.Tensor:
     """Estimate of the 2-norm condition number of the SPD ``gram`` without a host synchronization.
 
     max(diag ratio of the Cholesky factor squared, power-iteration estimate of
@@ -159,11 +161,9 @@ class _FitCpp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, ridge, relative):
-        c, factor, cond, info = _fit_cpp(z, ridge, relative)
-        ctx.ridge, ctx.relative = ridge, relative
-        ctx.save_for_backward(z, factor, c)
-        ctx.mark_non_differentiable(factor, cond, info)
-        return c, factor, cond, info
+        out = _fit_cpp(z, ridge, relative)
+        _fit_setup(ctx, (z, ridge, relative, True), out)
+        return out
 
     @staticmethod
     def backward(ctx, g_c, g_factor, g_cond, g_info):
