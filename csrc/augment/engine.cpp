@@ -164,15 +164,15 @@ FASTORALS_CLONES void filter_row(const float* FASTORALS_RESTRICT a, const float*
 }
 
 FASTORALS_CLONES void sharpen_row(const float* FASTORALS_RESTRICT a, const float* FASTORALS_RESTRICT b,
-                                  const float* FASTORALS_RESTRICT c, float alpha, uint8_t* FASTORALS_RESTRICT out,
-                                  int W) {
-  // SMOOTH (1 1 1 / 1 5 1 / 1 1 1) / 13 gives the degenerate image, then blend(degenerate, image, alpha)
-  const float k1 = 1.0f / 13.0f, k5 = 5.0f / 13.0f;
+                                  const float* FASTORALS_RESTRICT c, const float* FASTORALS_RESTRICT k, float alpha,
+                                  uint8_t* FASTORALS_RESTRICT out, int W) {
+  // the degenerate pixel d = filter_row's (SMOOTH for Sharpness), then blend(d, image, alpha)
+  const float k0 = k[0], k1 = k[1], k2 = k[2], k3 = k[3], k4 = k[4], k5 = k[5], k6 = k[6], k7 = k[7], k8 = k[8];
   for (int x = 1; x < W - 1; ++x) {
     float ss = 0.5f;
-    ss += (a[x - 1] * k1 + a[x] * k1) + a[x + 1] * k1;
-    ss += (b[x - 1] * k1 + b[x] * k5) + b[x + 1] * k1;
-    ss += (c[x - 1] * k1 + c[x] * k1) + c[x + 1] * k1;
+    ss += (a[x - 1] * k0 + a[x] * k1) + a[x + 1] * k2;
+    ss += (b[x - 1] * k3 + b[x] * k4) + b[x + 1] * k5;
+    ss += (c[x - 1] * k6 + c[x] * k7) + c[x + 1] * k8;
     float d = static_cast<float>(clamp255(static_cast<int>(ss)));
     out[x] = trunc_clip8(d + alpha * (b[x] - d));
   }
@@ -527,6 +527,132 @@ void f32_lut_row(const uint8_t* in, const float* table, float* out, int64_t n, b
   f32_lut_row_scalar(in, table, out, n);
 }
 
+bool has_avx512bw() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  static const bool v = simd_allowed() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl");
+  return v;
+#else
+  return false;
+#endif
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+
+#define FASTORALS_AVX512BW __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+FASTORALS_AVX512BW inline __m512i clip8_epi32(__m512 v) {  // clamp255(int(v)) per lane
+  return _mm512_min_epi32(_mm512_max_epi32(_mm512_cvttps_epi32(v), _mm512_setzero_si512()), _mm512_set1_epi32(255));
+}
+
+FASTORALS_AVX512BW inline __mmask16 lanes16(int left) {  // the first min(left, 16) lanes
+  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+}
+
+// (r[x-1] a + r[x] b) + r[x+1] c for the lanes of m
+FASTORALS_AVX512BW inline __m512 tap3(const float* r, int x, __mmask16 m, __m512 a, __m512 b, __m512 c) {
+  const __m512 l = _mm512_maskz_loadu_ps(m, r + x - 1), ce = _mm512_maskz_loadu_ps(m, r + x);
+  const __m512 ri = _mm512_maskz_loadu_ps(m, r + x + 1);
+  return _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(l, a), _mm512_mul_ps(ce, b)), _mm512_mul_ps(ri, c));
+}
+
+FASTORALS_AVX512BW void u8_to_f32_row_avx512(const uint8_t* r, float* dst, int W) {
+  for (int x = 0; x < W; x += 16) {
+    const __mmask16 m = lanes16(W - x);
+    _mm512_mask_storeu_ps(dst + x, m, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, r + x))));
+  }
+}
+
+// One output row of Pillow's affine_fixed (16.16 fixed point, NEAREST) for all C planes at once:
+// xin = (xx0 + x a0) >> 16, yin = (yy0 + x a3) >> 16, 0 outside the image. The coordinates are
+// carried in registers (16 pixels per step, no index buffer) and each plane is read with one
+// 32-bit gather per step; a source index within the last 3 bytes of a plane is moved back and
+// the byte shifted out, so no read leaves [src, src + C*HW). x a0 equals Pillow's repeated
+// += a0 (integers, no overflow within affine_fixed's range).
+FASTORALS_AVX512BW void affine_fixed_row_avx512(const uint8_t* src, int64_t HW, int C, int W, int H, int xx0, int yy0,
+                                                int a0, int a3, uint8_t* out) {
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512i xv = _mm512_add_epi32(_mm512_set1_epi32(xx0), _mm512_mullo_epi32(iota, _mm512_set1_epi32(a0)));
+  __m512i yv = _mm512_add_epi32(_mm512_set1_epi32(yy0), _mm512_mullo_epi32(iota, _mm512_set1_epi32(a3)));
+  const __m512i dx = _mm512_set1_epi32(a0 * 16), dy = _mm512_set1_epi32(a3 * 16);
+  const __m512i vw = _mm512_set1_epi32(W), vh = _mm512_set1_epi32(H), lim = _mm512_set1_epi32(int(HW - 4));
+  const __m512i zero = _mm512_setzero_si512();
+  for (int x = 0; x < W; x += 16) {
+    const __mmask16 m = lanes16(W - x);
+    const __m512i xi = _mm512_srai_epi32(xv, 16), yi = _mm512_srai_epi32(yv, 16);
+    const __mmask16 ok = _mm512_mask_cmplt_epu32_mask(_mm512_cmplt_epu32_mask(xi, vw), yi, vh) & m;
+    const __m512i idx = _mm512_maskz_add_epi32(ok, _mm512_mullo_epi32(yi, vw), xi);
+    const __m512i base = _mm512_min_epi32(idx, lim);
+    const __m512i shift = _mm512_slli_epi32(_mm512_sub_epi32(idx, base), 3);
+    for (int c = 0; c < C; ++c) {
+      __m512i v = _mm512_mask_i32gather_epi32(zero, ok, base, src + c * HW, 1);
+      v = _mm512_srlv_epi32(v, shift);
+      _mm_mask_storeu_epi8(out + c * HW + x, m, _mm512_cvtepi32_epi8(v));
+    }
+    xv = _mm512_add_epi32(xv, dx);
+    yv = _mm512_add_epi32(yv, dy);
+  }
+}
+
+// Rows 1 .. H-2 of a 3x3 filter over one plane (columns 1 .. W-2; the caller writes the border),
+// for kernels whose first and last rows are equal, as in every kernel ImageFilter ships. Pillow
+// computes ss = ((0.5 + T(y+1)) + M(y)) + T(y-1) with T = (f[x-1] k0 + f[x] k1) + f[x+1] k2 and M
+// the same with k3..k5; each row's T is therefore computed once and used by the two output rows
+// it borders, in the same float operations (6 products and 7 sums per pixel instead of 9 and 9).
+// ``sharpen``: the result is ImageEnhance.Sharpness's degenerate pixel d = clip8(ss), blended as
+// clip8(d + alpha (f - d)). ``rows`` holds the converted rows of y and y+1 (2 x Wp floats) and three
+// T rows (3 x Wp), Wp = W rounded up to 16; ``lut`` (nullable) is applied while converting.
+FASTORALS_AVX512BW void filter3x3_plane_avx512(const uint8_t* p, const uint8_t* lut, uint8_t* o, int H, int W,
+                                               const float* k, bool sharpen, float alpha, float* rows,
+                                               uint8_t* rowbuf) {
+  const int64_t Wp = (int64_t(W) + 15) / 16 * 16;
+  float* f[2] = {rows, rows + Wp};
+  float* T[3] = {rows + 2 * Wp, rows + 3 * Wp, rows + 4 * Wp};
+  const __m512 k0 = _mm512_set1_ps(k[0]), k1 = _mm512_set1_ps(k[1]), k2 = _mm512_set1_ps(k[2]);
+  const __m512 k3 = _mm512_set1_ps(k[3]), k4 = _mm512_set1_ps(k[4]), k5 = _mm512_set1_ps(k[5]);
+  const __m512 half = _mm512_set1_ps(0.5f), va = _mm512_set1_ps(alpha);
+  auto convert = [&](int y, float* dst) {
+    const uint8_t* r = p + int64_t(y) * W;
+    if (lut) {
+      lut_row(r, lut, rowbuf, W);
+      r = rowbuf;
+    }
+    u8_to_f32_row_avx512(r, dst, W);
+  };
+  const int n = W - 2;  // interior columns 1 .. W-2
+  for (int y = 0; y < 2; ++y) {  // rows 0 and 1 and their T; each later row's T comes with its output row
+    convert(y, f[y]);
+    for (int x = 1; x <= n; x += 16) {
+      const __mmask16 m = lanes16(n - x + 1);
+      _mm512_mask_storeu_ps(T[y] + x, m, tap3(f[y], x, m, k0, k1, k2));
+    }
+  }
+  for (int y = 1; y < H - 1; ++y) {
+    const float* cur = f[y & 1];   // row y
+    float* nxt = f[(y + 1) & 1];   // row y + 1 (over row y - 1)
+    convert(y + 1, nxt);
+    const float* Tprev = T[(y - 1) % 3];
+    float* Tnext = T[(y + 1) % 3];
+    uint8_t* d = o + int64_t(y) * W;
+    for (int x = 1; x <= n; x += 16) {
+      const __mmask16 m = lanes16(n - x + 1);
+      const __m512 tn = tap3(nxt, x, m, k0, k1, k2);
+      _mm512_mask_storeu_ps(Tnext + x, m, tn);
+      const __m512 mid = tap3(cur, x, m, k3, k4, k5);
+      const __m512 ss = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(half, tn), mid), _mm512_maskz_loadu_ps(m, Tprev + x));
+      __m512i q = clip8_epi32(ss);
+      if (sharpen) {
+        const __m512 dg = _mm512_cvtepi32_ps(q);
+        q = clip8_epi32(_mm512_add_ps(dg, _mm512_mul_ps(va, _mm512_sub_ps(_mm512_maskz_loadu_ps(m, cur + x), dg))));
+      }
+      _mm_mask_storeu_epi8(d + x, m, _mm512_cvtepi32_epi8(q));
+    }
+    d[0] = static_cast<uint8_t>(cur[0]);
+    d[W - 1] = static_cast<uint8_t>(cur[W - 1]);
+  }
+}
+#endif
+
 FASTORALS_CLONES void u8_to_f32_row(const uint8_t* FASTORALS_RESTRICT in, float* FASTORALS_RESTRICT out, int n) {
   for (int i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
 }
@@ -542,7 +668,8 @@ void Scratch::reserve(int C, int H, int W) {
   for (auto& b : plane)
     if (b.size() < p) b.resize(p);
   size_t side = size_t(std::max(H, W));
-  if (frows.size() < 3 * side + 3) frows.resize(3 * side + 3);
+  const size_t padded = (side + 15) / 16 * 16;  // 5 rows of floats for the wide 3x3 filter
+  if (frows.size() < 5 * padded + 16) frows.resize(5 * padded + 16);
   if (acc.size() < side) acc.resize(side);
   if (idx.size() < side) idx.resize(side);
 }
@@ -730,19 +857,19 @@ void Engine::apply(int op, double v) {
     case kEdgeEnhance: {
       const float d = 2.0f;
       const float k[9] = {-1 / d, -1 / d, -1 / d, -1 / d, 10 / d, -1 / d, -1 / d, -1 / d, -1 / d};
-      filter3x3(k);
+      filter3x3(k, false, 0.0f);
       return;
     }
     case kDetail: {
       const float d = 6.0f;
       const float k[9] = {0 / d, -1 / d, 0 / d, -1 / d, 10 / d, -1 / d, 0 / d, -1 / d, 0 / d};
-      filter3x3(k);
+      filter3x3(k, false, 0.0f);
       return;
     }
     case kSmooth: {
       const float d = 13.0f;
       const float k[9] = {1 / d, 1 / d, 1 / d, 1 / d, 5 / d, 1 / d, 1 / d, 1 / d, 1 / d};
-      filter3x3(k);
+      filter3x3(k, false, 0.0f);
       return;
     }
     case kAutoContrast:
@@ -805,9 +932,12 @@ void Engine::apply(int op, double v) {
       compose_all(f);
       return;
     }
-    case kSharpness:
-      sharpness(static_cast<float>(v));
+    case kSharpness: {
+      const float d = 13.0f;  // the degenerate image is SMOOTH's
+      const float k[9] = {1 / d, 1 / d, 1 / d, 1 / d, 5 / d, 1 / d, 1 / d, 1 / d, 1 / d};
+      filter3x3(k, true, static_cast<float>(v));
       return;
+    }
     case kShearX: {
       const double a[6] = {1, v, 0, 0, 1, 0};
       affine(a);
@@ -914,10 +1044,25 @@ void Engine::rotate(double angle) {
 }
 
 void Engine::affine(const double* a) {
-  if (!lut_id_ && has_vbmi() && !(a[1] == 0 && a[3] == 0)) flush();
+  // gathers read the mapped image (one VBMI table pass) rather than a table per gathered pixel
+  if (!lut_id_ && (has_vbmi() || has_avx512bw()) && !(a[1] == 0 && a[3] == 0)) flush();
   uint8_t* out = next();
   int32_t* idx = s_.idx.data();
   const int W = W_, H = H_;
+  // output row y: zeros, then the source run [off, off + xb - xa) at [xa, xb), then zeros
+  auto copy_run = [&](int y, int xa, int xb, int64_t off) {
+    for (int c = 0; c < C_; ++c) {
+      uint8_t* o = out + c * HW_ + int64_t(y) * W;
+      std::memset(o, 0, size_t(xa));
+      if (xb > xa) {
+        if (lut_id_)
+          std::memcpy(o + xa, plane(c) + off, size_t(xb - xa));
+        else
+          lut_row(plane(c) + off, lut_[c], o + xa, xb - xa);
+      }
+      std::memset(o + xb, 0, size_t(W - xb));
+    }
+  };
   auto emit_row = [&](int y) {
     // Rows whose valid sources are one contiguous run (translations, ShearX) are copies.
     int xa = 0;
@@ -930,20 +1075,15 @@ void Engine::affine(const double* a) {
         run = false;
         break;
       }
+    if (run) {
+      copy_run(y, xa, xb, xb > xa ? idx[xa] : 0);
+      return;
+    }
     for (int c = 0; c < C_; ++c) {
       const uint8_t* p = plane(c);
       const uint8_t* L = lut_[c];
       uint8_t* o = out + c * HW_ + int64_t(y) * W;
-      if (run) {
-        std::memset(o, 0, size_t(xa));
-        if (xb > xa) {
-          if (lut_id_)
-            std::memcpy(o + xa, p + idx[xa], size_t(xb - xa));
-          else
-            lut_row(p + idx[xa], L, o + xa, xb - xa);
-        }
-        std::memset(o + xb, 0, size_t(W - xb));
-      } else if (lut_id_) {
+      if (lut_id_) {
         gather_row(p, HW_, idx, o, W);
       } else {
         for (int x = 0; x < W; ++x) o[x] = idx[x] >= 0 ? L[p[idx[x]]] : 0;
@@ -972,20 +1112,10 @@ void Engine::affine(const double* a) {
       int yi = pil_coord(yo);
       yo += a[4];
       if (run) {
-        for (int c = 0; c < C_; ++c) {
-          uint8_t* o = out + c * HW_ + int64_t(y) * W;
-          if (yi < 0 || yi >= H || xmax <= xmin) {
-            std::memset(o, 0, size_t(W));
-            continue;
-          }
-          const uint8_t* r = plane(c) + int64_t(yi) * W + xintab[xmin];
-          std::memset(o, 0, size_t(xmin));
-          if (lut_id_)
-            std::memcpy(o + xmin, r, size_t(xmax - xmin));
-          else
-            lut_row(r, lut_[c], o + xmin, xmax - xmin);
-          std::memset(o + xmax, 0, size_t(W - xmax));
-        }
+        if (yi < 0 || yi >= H || xmax <= xmin)
+          copy_run(y, W, W, 0);
+        else
+          copy_run(y, xmin, xmax, int64_t(yi) * W + xintab[xmin]);
         continue;
       }
       for (int x = 0; x < W; ++x) idx[x] = -1;
@@ -1006,10 +1136,32 @@ void Engine::affine(const double* a) {
     int a0 = fix(a[0]), a1 = fix(a[1]), a3 = fix(a[3]), a4 = fix(a[4]);
     int a2 = fix(a[2] + a[0] * 0.5 + a[1] * 0.5);
     int a5 = fix(a[5] + a[3] * 0.5 + a[4] * 0.5);
+#if defined(__GNUC__) && defined(__x86_64__)
+    const bool wide = HW_ >= 4 && lut_id_ && has_avx512bw();
+#else
+    const bool wide = false;
+#endif
     for (int y = 0; y < H; ++y) {
-      // x * a0 equals Pillow's repeated += a0 (integers, no overflow within check_fixed's range)
-      fixed_row(a2, a5, a0, a3, W, H, idx);
-      emit_row(y);
+      if (a0 == 65536 && a3 == 0) {
+        // ShearX rows: xin = x + (a2 >> 16) and yin = a5 >> 16 (x * 65536 leaves the low bits alone),
+        // so each row is a shifted copy of one source row
+        const int shift = a2 >> 16, yin = a5 >> 16;
+        if (yin < 0 || yin >= H) {
+          copy_run(y, W, W, 0);
+        } else {
+          const int xa = std::clamp(-shift, 0, W), xb = std::clamp(W - shift, xa, W);
+          copy_run(y, xa, xb, int64_t(yin) * W + xa + shift);
+        }
+#if defined(__GNUC__) && defined(__x86_64__)
+      } else if (wide) {
+        uint8_t* o = out + int64_t(y) * W;
+        affine_fixed_row_avx512(cur_, HW_, C_, W, H, a2, a5, a0, a3, o);
+#endif
+      } else {
+        // x * a0 equals Pillow's repeated += a0 (integers, no overflow within check_fixed's range)
+        fixed_row(a2, a5, a0, a3, W, H, idx);
+        emit_row(y);
+      }
       a2 += a1;
       a5 += a4;
     }
@@ -1097,16 +1249,39 @@ void Engine::resize_crop(double zoom) {
 
 // ---------------------------------------------------------------- filters
 
-void Engine::filter3x3(const float* k) {
+// ImageFilter's 3x3 kernels, and (sharpen) ImageEnhance.Sharpness: the SMOOTH image as the
+// degenerate, blended with the image by alpha. Border rows and columns are copied (Pillow).
+void Engine::filter3x3(const float* k, bool sharpen, float alpha) {
   const int W = W_, H = H_;
-  if (W < 3 || H < 3) return;  // ImagingFilter returns a copy of images smaller than the kernel
+  if (W < 3 || H < 3) return;  // a copy (and for Sharpness blend(x, x, a) = x)
   uint8_t* out = next();
   float* fr = s_.frows.data();
   uint8_t* rowbuf = s_.plane[1].data();
+#if defined(__GNUC__) && defined(__x86_64__)
+  const bool wide = has_avx512bw() && k[0] == k[6] && k[1] == k[7] && k[2] == k[8];
+#else
+  const bool wide = false;
+#endif
   for (int c = 0; c < C_; ++c) {
     const uint8_t* p = plane(c);
     const uint8_t* L = lut_[c];
     uint8_t* o = out + c * HW_;
+    auto copy_row = [&](int y) {
+      const uint8_t* r = p + int64_t(y) * W;
+      uint8_t* d = o + int64_t(y) * W;
+      if (lut_id_)
+        std::memcpy(d, r, size_t(W));
+      else
+        lut_row(r, L, d, W);
+    };
+    copy_row(0);
+    copy_row(H - 1);
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (wide) {
+      filter3x3_plane_avx512(p, lut_id_ ? nullptr : L, o, H, W, k, sharpen, alpha, fr, rowbuf);
+      continue;
+    }
+#endif
     float* rows[3] = {fr, fr + W, fr + 2 * W};
     auto load = [&](int y, float* dst) {
       const uint8_t* r = p + int64_t(y) * W;
@@ -1117,21 +1292,15 @@ void Engine::filter3x3(const float* k) {
         u8_to_f32_row(rowbuf, dst, W);
       }
     };
-    auto copy_row = [&](int y) {
-      const uint8_t* r = p + int64_t(y) * W;
-      uint8_t* d = o + int64_t(y) * W;
-      if (lut_id_)
-        std::memcpy(d, r, size_t(W));
-      else
-        lut_row(r, L, d, W);
-    };
-    copy_row(0);
     load(0, rows[0]);
     load(1, rows[1]);
     for (int y = 1; y < H - 1; ++y) {
       load(y + 1, rows[2]);
       uint8_t* d = o + int64_t(y) * W;
-      filter_row(rows[2], rows[1], rows[0], k, d, W);
+      if (sharpen)
+        sharpen_row(rows[2], rows[1], rows[0], k, alpha, d, W);
+      else
+        filter_row(rows[2], rows[1], rows[0], k, d, W);
       d[0] = static_cast<uint8_t>(rows[1][0]);
       d[W - 1] = static_cast<uint8_t>(rows[1][W - 1]);
       float* t = rows[0];
@@ -1139,54 +1308,6 @@ void Engine::filter3x3(const float* k) {
       rows[1] = rows[2];
       rows[2] = t;
     }
-    copy_row(H - 1);
-  }
-  commit(out, true);
-}
-
-void Engine::sharpness(float a) {
-  const int W = W_, H = H_;
-  if (W < 3 || H < 3) return;  // degenerate = copy, blend(x, x, a) = x
-  uint8_t* out = next();
-  float* fr = s_.frows.data();
-  uint8_t* rowbuf = s_.plane[1].data();
-  for (int c = 0; c < C_; ++c) {
-    const uint8_t* p = plane(c);
-    const uint8_t* L = lut_[c];
-    uint8_t* o = out + c * HW_;
-    float* rows[3] = {fr, fr + W, fr + 2 * W};
-    auto load = [&](int y, float* dst) {
-      const uint8_t* r = p + int64_t(y) * W;
-      if (lut_id_) {
-        u8_to_f32_row(r, dst, W);
-      } else {
-        lut_row(r, L, rowbuf, W);
-        u8_to_f32_row(rowbuf, dst, W);
-      }
-    };
-    auto copy_row = [&](int y) {
-      const uint8_t* r = p + int64_t(y) * W;
-      uint8_t* d = o + int64_t(y) * W;
-      if (lut_id_)
-        std::memcpy(d, r, size_t(W));
-      else
-        lut_row(r, L, d, W);
-    };
-    copy_row(0);
-    load(0, rows[0]);
-    load(1, rows[1]);
-    for (int y = 1; y < H - 1; ++y) {
-      load(y + 1, rows[2]);
-      uint8_t* d = o + int64_t(y) * W;
-      sharpen_row(rows[2], rows[1], rows[0], a, d, W);
-      d[0] = static_cast<uint8_t>(rows[1][0]);
-      d[W - 1] = static_cast<uint8_t>(rows[1][W - 1]);
-      float* t = rows[0];
-      rows[0] = rows[1];
-      rows[1] = rows[2];
-      rows[2] = t;
-    }
-    copy_row(H - 1);
   }
   commit(out, true);
 }

@@ -87,8 +87,7 @@ class Engine {
 
   void flip_ud();
   void mirror();
-  void filter3x3(const float* k);
-  void sharpness(float a);
+  void filter3x3(const float* k, bool sharpen, float alpha);
   void color(float a);
   void contrast(float a);
   void autocontrast();

@@ -5,7 +5,11 @@
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(FASTORALS_NO_CLONES)
+#if __GNUC__ >= 12
+#define FASTORALS_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#else
 #define FASTORALS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 #else
 #define FASTORALS_CLONES
 #endif

@@ -10,7 +10,7 @@ import random
 
 import pytest
 import torch
-from augment_helpers import canonical, make_images, random_batch, values_for
+from augment_helpers import canonical, make_images, random_batch, random_value, values_for
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -53,6 +53,23 @@ def test_geometric_and_filters_meet_the_acceptance_bar_on_larger_images(op):
         d = (a.int() - r.int()).abs()
         assert (d <= 1).float().mean() >= 0.99, f"{O.OP_NAMES[op]}({v})"
         _exact(a, r, f"{O.OP_NAMES[op]}({v})")
+
+
+@pytest.mark.parametrize("op", [O.EDGE_ENHANCE, O.DETAIL, O.SMOOTH, O.SHARPNESS, O.ROTATE, O.SHEAR_X, O.SHEAR_Y],
+                         ids=lambda i: O.OP_NAMES[i])
+def test_vector_row_kernels_at_lane_boundaries_and_after_tables(op):
+    # the 16-lane filter and affine rows: widths around multiples of 16 (masked tails), heights of
+    # 3 (one interior row) and more, with and without a pending pointwise table (Brightness first)
+    rng = random.Random(op)
+    for w in (3, 15, 16, 17, 18, 31, 32, 33, 47, 65):
+        for h in (3, 4, 19):
+            images = make_images(4, 3, h, w, seed=w * 100 + h)
+            vals = [random_value(op, rng) for _ in range(4)]
+            for pre in (O.NONE, O.BRIGHTNESS):
+                ops = torch.tensor([[pre, op]] * 4)
+                mags = torch.tensor([[1.4, v] for v in vals])
+                args = canonical(images, ops, mags)
+                _exact(augment_apply_cpp(*args), augment_apply_reference(*args), f"{O.OP_NAMES[op]} {h}x{w} pre={pre}")
 
 
 def test_random_chains_with_pipeline_match_pil():
