@@ -563,6 +563,46 @@ FASTORALS_AVX512BW void u8_to_f32_row_avx512(const uint8_t* r, float* dst, int W
   }
 }
 
+// box_pass for r <= 63 with 32 columns per step in 16-bit lanes: the window sum then fits int16
+// ((2r + 1) 255 < 2^15) and stays in a register down the whole column strip. Pillow's uint32
+// acc ww + (sub + far) fw is formed exactly from two vpmaddwd of the (acc, sub + far) word pairs
+// with the 15-bit halves of ww and fw: (acc wh + sf fh) 2^15 + (acc wl + sf fl), < 2^32.
+constexpr int kBoxWordMaxR = 63;
+FASTORALS_AVX512BW void box_pass_avx512(const uint8_t* src, uint8_t* dst, int n, int m, int r, uint32_t ww,
+                                        uint32_t fw) {
+  const int64_t M = m;
+  const __m512i wlo = _mm512_set1_epi32(int32_t((ww & 0x7FFF) | ((fw & 0x7FFF) << 16)));
+  const __m512i whi = _mm512_set1_epi32(int32_t((ww >> 15) | ((fw >> 15) << 16)));
+  const __m512i round = _mm512_set1_epi32(1 << 23);
+  auto row = [&](int i, int j, __mmask32 k) {
+    return _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(k, src + i * M + j));
+  };
+  for (int j = 0; j < m; j += 32) {
+    const __mmask32 k = m - j >= 32 ? ~__mmask32(0) : __mmask32((1u << (m - j)) - 1);
+    __m512i acc = _mm512_setzero_si512();
+    if (r > 0) {
+      acc = _mm512_mullo_epi16(row(0, j, k), _mm512_set1_epi16(int16_t(r + 1)));
+      const int direct = std::min(r, n);  // rows 0 .. r-1, clamped
+      for (int i = 0; i < direct; ++i) acc = _mm512_add_epi16(acc, row(i, j, k));
+      if (r > n) acc = _mm512_add_epi16(acc, _mm512_mullo_epi16(row(n - 1, j, k), _mm512_set1_epi16(int16_t(r - n))));
+    }
+    for (int i = 0; i < n; ++i) {
+      const __m512i sub = row(std::max(i - r - 1, 0), j, k), far = row(std::min(i + r + 1, n - 1), j, k);
+      if (r > 0)
+        acc = _mm512_sub_epi16(_mm512_add_epi16(acc, row(std::min(i + r, n - 1), j, k)), sub);
+      else
+        acc = row(i, j, k);  // the window is the pixel
+      const __m512i sf = _mm512_add_epi16(sub, far);
+      const __m512i plo = _mm512_unpacklo_epi16(acc, sf), phi = _mm512_unpackhi_epi16(acc, sf);
+      __m512i lo = _mm512_add_epi32(_mm512_slli_epi32(_mm512_madd_epi16(plo, whi), 15), _mm512_madd_epi16(plo, wlo));
+      __m512i hi = _mm512_add_epi32(_mm512_slli_epi32(_mm512_madd_epi16(phi, whi), 15), _mm512_madd_epi16(phi, wlo));
+      lo = _mm512_srli_epi32(_mm512_add_epi32(lo, round), 24);
+      hi = _mm512_srli_epi32(_mm512_add_epi32(hi, round), 24);
+      _mm256_mask_storeu_epi8(dst + i * M + j, k, _mm512_cvtepi16_epi8(_mm512_packus_epi32(lo, hi)));
+    }
+  }
+}
+
 // One output row of Pillow's affine_fixed (16.16 fixed point, NEAREST) for all C planes at once:
 // xin = (xx0 + x a0) >> 16, yin = (yy0 + x a3) >> 16, 0 outside the image. The coordinates are
 // carried in registers (16 pixels per step, no index buffer) and each plane is read with one
@@ -1325,19 +1365,31 @@ void Engine::gaussian_blur(float radius) {
   uint8_t* A = s_.plane[0].data();
   uint8_t* B = s_.plane[1].data();
   uint32_t* acc = s_.acc.data();
+#if defined(__GNUC__) && defined(__x86_64__)
+  const bool words = r <= kBoxWordMaxR && has_avx512bw();
+#endif
+  auto pass = [&](const uint8_t* src, uint8_t* dst, int n, int m) {
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (words) {
+      box_pass_avx512(src, dst, n, m, r, ww, fw);
+      return;
+    }
+#endif
+    box_pass(src, dst, n, m, r, ww, fw, acc);
+  };
   for (int c = 0; c < C_; ++c) {
     const uint8_t* p = plane(c);
     uint8_t* o = out + c * HW_;
     // three horizontal passes: on the transposed plane (W rows of H), blurring along its rows
     transpose_u8(p, A, H, W);
-    box_pass(A, B, W, H, r, ww, fw, acc);
-    box_pass(B, A, W, H, r, ww, fw, acc);
-    box_pass(A, B, W, H, r, ww, fw, acc);
+    pass(A, B, W, H);
+    pass(B, A, W, H);
+    pass(A, B, W, H);
     transpose_u8(B, A, W, H);
     // three vertical passes
-    box_pass(A, B, H, W, r, ww, fw, acc);
-    box_pass(B, A, H, W, r, ww, fw, acc);
-    box_pass(A, o, H, W, r, ww, fw, acc);
+    pass(A, B, H, W);
+    pass(B, A, H, W);
+    pass(A, o, H, W);
   }
   commit(out, true);
 }

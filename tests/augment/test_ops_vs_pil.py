@@ -72,6 +72,19 @@ def test_vector_row_kernels_at_lane_boundaries_and_after_tables(op):
                 _exact(augment_apply_cpp(*args), augment_apply_reference(*args), f"{O.OP_NAMES[op]} {h}x{w} pre={pre}")
 
 
+def test_gaussian_blur_radii_across_the_word_path_limit():
+    # box radii up to 63 run in 16-bit lanes, larger ones in 32-bit: radii from r = 0 to past the
+    # limit, on planes shorter and longer than the box, with and without a pending table
+    radii = [0.2, 0.45, 1.0, 2.7, 9.5, 40.0] + [62.0 + 0.25 * i for i in range(21)] + [90.0]
+    for (c, h, w) in [(3, 20, 37), (1, 150, 9), (3, 140, 133)]:
+        images = make_images(len(radii), c, h, w, seed=h)
+        for pre in (O.NONE, O.CONTRAST):
+            ops = torch.tensor([[pre, O.GAUSSIAN_BLUR]] * len(radii))
+            mags = torch.tensor([[0.7, r] for r in radii])
+            args = canonical(images, ops, mags)
+            _exact(augment_apply_cpp(*args), augment_apply_reference(*args), f"GaussianBlur {c}x{h}x{w} pre={pre}")
+
+
 def test_random_chains_with_pipeline_match_pil():
     rng = random.Random(0)
     for trial in range(25):
