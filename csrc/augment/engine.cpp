@@ -603,6 +603,32 @@ FASTORALS_AVX512BW void box_pass_avx512(const uint8_t* src, uint8_t* dst, int n,
   }
 }
 
+// resample_vrow for columns [x0, x1), 64 columns per step with the four int32 sums in registers
+// across the taps (the same exact integer sums).
+FASTORALS_AVX512BW void resample_vrow_avx512(const uint8_t* src, int64_t stride, int ymin, int taps, const int32_t* k,
+                                             uint8_t* out, int x0, int x1) {
+  const __m512i init = _mm512_set1_epi32(1 << (kPrecisionBits - 1));
+  const __m512i zero = _mm512_setzero_si512(), v255 = _mm512_set1_epi32(255);
+  for (int x = x0; x < x1; x += 64) {
+    __mmask16 m[4];
+    for (int q = 0; q < 4; ++q) m[q] = lanes16(std::max(x1 - x - 16 * q, 0));
+    __m512i a0 = init, a1 = init, a2 = init, a3 = init;
+    const uint8_t* row = src + int64_t(ymin) * stride + x;
+    for (int t = 0; t < taps; ++t, row += stride) {
+      const __m512i kt = _mm512_set1_epi32(k[t]);
+      a0 = _mm512_add_epi32(a0, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m[0], row)), kt));
+      a1 = _mm512_add_epi32(a1, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m[1], row + 16)), kt));
+      a2 = _mm512_add_epi32(a2, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m[2], row + 32)), kt));
+      a3 = _mm512_add_epi32(a3, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m[3], row + 48)), kt));
+    }
+    const __m512i acc[4] = {a0, a1, a2, a3};
+    for (int q = 0; q < 4; ++q) {
+      const __m512i v = _mm512_min_epi32(_mm512_max_epi32(_mm512_srai_epi32(acc[q], kPrecisionBits), zero), v255);
+      _mm_mask_storeu_epi8(out + x + 16 * q, m[q], _mm512_cvtepi32_epi8(v));
+    }
+  }
+}
+
 // One output row of Pillow's affine_fixed (16.16 fixed point, NEAREST) for all C planes at once:
 // xin = (xx0 + x a0) >> 16, yin = (yy0 + x a3) >> 16, 0 outside the image. The coordinates are
 // carried in registers (16 pixels per step, no index buffer) and each plane is read with one
@@ -1254,6 +1280,32 @@ void Engine::resize_crop(double zoom) {
   uint8_t* P0 = s_.plane[0].data();
   uint8_t* P1 = s_.plane[1].data();
   int32_t* acc = s_.idx.data();
+  // vertical-pass rows: only input rows [y0, y1) of the horizontal pass are ever read (Pillow
+  // resamples the same band)
+  int y0 = 0, y1 = H;
+  if (need_v) {
+    y0 = H;
+    y1 = 0;
+    for (int y = 0; y < H; ++y)
+      if (vb[2 * y + 1] > 0) {
+        y0 = std::min(y0, vb[2 * y]);
+        y1 = std::max(y1, vb[2 * y] + vb[2 * y + 1]);
+      }
+    if (y1 <= y0) y0 = y1 = 0;
+  }
+#if defined(__GNUC__) && defined(__x86_64__)
+  const bool wide = has_avx512bw();
+#endif
+  // out[x0 .. x1) = clip8 of the taps of src rows ymin .. ymin + taps - 1
+  auto vrow = [&](const uint8_t* src, int64_t stride, int ymin, int taps, const int32_t* k, uint8_t* o, int x0, int x1) {
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (wide) {
+      resample_vrow_avx512(src, stride, ymin, taps, k, o, x0, x1);
+      return;
+    }
+#endif
+    resample_vrow(src + x0, stride, ymin, taps, k, o + x0, x1 - x0, acc);
+  };
   for (int c = 0; c < C_; ++c) {
     const uint8_t* src = plane(c);
     if (need_h) {
@@ -1265,7 +1317,7 @@ void Engine::resize_crop(double zoom) {
         if (taps < 0)
           std::memset(row, 0, size_t(H));
         else
-          resample_vrow(P0, H, hb[2 * x], taps, &hk[size_t(x) * hks], row, H, acc);
+          vrow(P0, H, hb[2 * x], taps, &hk[size_t(x) * hks], row, y0, y1);
       }
       transpose_u8(P1, P0, W, H);
       src = P0;
@@ -1278,7 +1330,7 @@ void Engine::resize_crop(double zoom) {
         if (taps < 0)
           std::memset(orow, 0, size_t(W));
         else
-          resample_vrow(src, W, vb[2 * y], taps, &vk[size_t(y) * vks], orow, W, acc);
+          vrow(src, W, vb[2 * y], taps, &vk[size_t(y) * vks], orow, 0, W);
       }
     } else {
       std::memcpy(o, src, size_t(HW_));
