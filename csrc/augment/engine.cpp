@@ -629,6 +629,39 @@ FASTORALS_AVX512BW void resample_vrow_avx512(const uint8_t* src, int64_t stride,
   }
 }
 
+// Smallest and largest value of table[p[i]] (p[i] without a table) over n >= 1 pixels, 64 per
+// step (VBMI table lookups as lut_row_vbmi).
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) void minmax_u8_avx512(const uint8_t* p, int64_t n,
+                                                                            const uint8_t* lut, int* lo, int* hi) {
+  __m512i t0 = _mm512_setzero_si512(), t1 = t0, t2 = t0, t3 = t0;
+  if (lut) {
+    t0 = _mm512_loadu_si512(lut);
+    t1 = _mm512_loadu_si512(lut + 64);
+    t2 = _mm512_loadu_si512(lut + 128);
+    t3 = _mm512_loadu_si512(lut + 192);
+  }
+  __m512i mn = _mm512_set1_epi8(char(0xFF)), mx = _mm512_setzero_si512();
+  for (int64_t i = 0; i < n; i += 64) {
+    const __mmask64 k = n - i >= 64 ? ~__mmask64(0) : (~__mmask64(0)) >> (64 - (n - i));
+    __m512i x = _mm512_maskz_loadu_epi8(k, p + i);
+    if (lut)
+      x = _mm512_mask_blend_epi8(_mm512_movepi8_mask(x), _mm512_permutex2var_epi8(t0, x, t1),
+                                 _mm512_permutex2var_epi8(t2, x, t3));
+    mn = _mm512_mask_min_epu8(mn, k, mn, x);
+    mx = _mm512_mask_max_epu8(mx, k, mx, x);
+  }
+  alignas(64) uint8_t a[64], b[64];
+  _mm512_store_si512(a, mn);
+  _mm512_store_si512(b, mx);
+  int l = 255, h = 0;
+  for (int j = 0; j < 64; ++j) {
+    l = std::min(l, int(a[j]));
+    h = std::max(h, int(b[j]));
+  }
+  *lo = l;
+  *hi = h;
+}
+
 // One output row of Pillow's affine_fixed (16.16 fixed point, NEAREST) for all C planes at once:
 // xin = (xx0 + x a0) >> 16, yin = (yy0 + x a3) >> 16, 0 outside the image. The coordinates are
 // carried in registers (16 pixels per step, no index buffer) and each plane is read with one
@@ -1478,14 +1511,26 @@ void Engine::contrast(float a) {
 }
 
 void Engine::autocontrast() {
+  // only the extremes of each channel matter: from the cached histogram when there is one, else
+  // from one min/max pass through the pending table (no histogram pass)
+#if defined(__GNUC__) && defined(__x86_64__)
+  const bool fast = !hist_ok_ && HW_ > 0 && has_vbmi();
+#else
+  const bool fast = false;
+#endif
   for (int c = 0; c < C_; ++c) {
-    uint32_t h[256];
-    cur_hist(c, h);
     int lo = 0, hi = 255;
-    while (lo < 256 && !h[lo]) ++lo;
-    while (hi >= 0 && !h[hi]) --hi;
-    if (lo == 256) lo = 255;  // empty histogram: Python leaves lo = 255, hi = 0
-    if (hi < 0) hi = 0;
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (fast) minmax_u8_avx512(plane(c), HW_, lut_id_ ? nullptr : lut_[c], &lo, &hi);
+#endif
+    if (!fast) {
+      uint32_t h[256];
+      cur_hist(c, h);
+      while (lo < 256 && !h[lo]) ++lo;
+      while (hi >= 0 && !h[hi]) --hi;
+      if (lo == 256) lo = 255;  // empty histogram: Python leaves lo = 255, hi = 0
+      if (hi < 0) hi = 0;
+    }
     if (hi <= lo) continue;
     double scale = 255.0 / (hi - lo);
     double offset = static_cast<double>(-lo) * scale;

@@ -55,11 +55,12 @@ def test_geometric_and_filters_meet_the_acceptance_bar_on_larger_images(op):
         _exact(a, r, f"{O.OP_NAMES[op]}({v})")
 
 
-@pytest.mark.parametrize("op", [O.EDGE_ENHANCE, O.DETAIL, O.SMOOTH, O.SHARPNESS, O.ROTATE, O.SHEAR_X, O.SHEAR_Y],
-                         ids=lambda i: O.OP_NAMES[i])
+@pytest.mark.parametrize("op", [O.EDGE_ENHANCE, O.DETAIL, O.SMOOTH, O.SHARPNESS, O.ROTATE, O.SHEAR_X, O.SHEAR_Y,
+                                O.RESIZE_CROP, O.AUTOCONTRAST], ids=lambda i: O.OP_NAMES[i])
 def test_vector_row_kernels_at_lane_boundaries_and_after_tables(op):
-    # the 16-lane filter and affine rows: widths around multiples of 16 (masked tails), heights of
-    # 3 (one interior row) and more, with and without a pending pointwise table (Brightness first)
+    # the 16-lane filter and affine rows, 64-column resize rows and 64-pixel min/max steps: widths
+    # around multiples of 16 (masked tails), heights of 3 (one interior row) and more, with and
+    # without a pending pointwise table (Brightness first)
     rng = random.Random(op)
     for w in (3, 15, 16, 17, 18, 31, 32, 33, 47, 65):
         for h in (3, 4, 19):
