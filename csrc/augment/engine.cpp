@@ -1080,15 +1080,18 @@ void Engine::flip_ud() {
 
 void Engine::mirror() {
   uint8_t* out = next();
+  uint8_t* rowbuf = s_.plane[0].data();
   for (int c = 0; c < C_; ++c) {
     const uint8_t* L = lut_[c];
     for (int y = 0; y < H_; ++y) {
       const uint8_t* r = plane(c) + int64_t(y) * W_;
       uint8_t* o = out + c * HW_ + int64_t(y) * W_;
-      if (lut_id_)
+      if (lut_id_) {
         reverse_row(r, o, W_);
-      else
-        for (int x = 0; x < W_; ++x) o[x] = L[r[W_ - 1 - x]];
+      } else {
+        reverse_row(r, rowbuf, W_);
+        lut_row(rowbuf, L, o, W_);
+      }
     }
   }
   commit(out, true);
