@@ -217,4 +217,55 @@ def cases(mode: str, device: str):
             )
 
 
+    if device == "cpu" and mode != "smoke":
+        yield from _single_op_cases(8)
+
+
+def _verify_single(fast_out, other, name):
+    if name == "reference":  # PIL images, converted only here
+        other = torch.stack([reference.from_pil(im) for im in other])
+    _verify(fast_out, other, name)
+
+
+def _on_one_thread(fn):
+    def run():
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(n)
+
+    return run
+
+
+def _single_op_cases(batch: int, size: int = 224):
+    """Each op alone on 224 px RGB images, one thread: the kernel (load, op, uint8 store into a new
+    tensor) against Pillow's call on images already converted to PIL (conversions not timed), at
+    the op's strongest monotone value; "none" times the kernel's load and store alone (against
+    ``Image.copy``), so an op's own cost is its row minus that one."""
+    images = _images(batch, size)
+    pil = [reference.to_pil(images[i]) for i in range(batch)]
+    for op in [O.NONE, *range(O.NUM_OPS)]:  # NONE: the kernel's load and store alone, against Image.copy
+        name = O.OP_NAMES[op] if op >= 0 else "none"
+        v = float(O.IDENTITY[op] if op >= 0 and O.IDENTITY[op] is not None else 0.0)
+        if name in O.MONOTONE_STRONGEST:
+            v = float(O.MONOTONE_STRONGEST[name])
+            if op in (O.TRANSLATE_X, O.TRANSLATE_Y):
+                v *= size
+        ops = torch.full((batch, 1), op)
+        mags = torch.full((batch, 1), v)
+        fast = _on_one_thread(lambda o=ops, m=mags: augment.apply_chains(images, o, m, out_dtype=torch.uint8,
+                                                                         validate=False))
+        if op == O.NONE:
+            ref = _on_one_thread(lambda: [im.copy() for im in pil])
+        else:
+            ref = _on_one_thread(lambda o=op, vv=v: [reference.apply_op(im, o, vv) for im in pil])
+        yield Case(
+            op="single_op", name=f"{size}px-{name}", shape=f"{batch}x3x{size}x{size}", dtype="uint8", device="cpu",
+            fast={"fastorals-1t": fast}, reference=ref, backend="cpp", bytes=images.numel() * 2.0,
+            verify=_verify_single, max_time_s=1.0, note=f"{name}({v:g}) alone, one thread; Pillow without its PIL conversions",
+        )
+
+
 SUITE = Suite("augment", cases, "per-sample augmentation chains: fused kernel vs per-image PIL vs kornia loop")
