@@ -1241,7 +1241,7 @@ void Engine::affine(const double* a) {
 #if defined(__GNUC__) && defined(__x86_64__)
     const bool wide = HW_ >= 4 && lut_id_ && has_avx512bw();
 #else
-    const bool wide = false;
+    [[maybe_unused]] const bool wide = false;
 #endif
     for (int y = 0; y < H; ++y) {
       if (a0 == 65536 && a3 == 0) {
@@ -1388,7 +1388,7 @@ void Engine::filter3x3(const float* k, bool sharpen, float alpha) {
 #if defined(__GNUC__) && defined(__x86_64__)
   const bool wide = has_avx512bw() && k[0] == k[6] && k[1] == k[7] && k[2] == k[8];
 #else
-  const bool wide = false;
+  [[maybe_unused]] const bool wide = false;
 #endif
   for (int c = 0; c < C_; ++c) {
     const uint8_t* p = plane(c);
