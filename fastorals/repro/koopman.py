@@ -177,13 +177,14 @@ def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
     judge_clean = judge_scores(judge, test.images(jidx), targets_of(test.labels[jidx]))
     # SKD
     seed_everything(seed)
-    for key, cast in (("num_static", int), ("variant", str), ("conv_dim", int), ("k", int), ("dropout", float)):
+    for key, cast in (("num_static", int), ("variant", str), ("conv_dim", int), ("k", int), ("dropout", float),
+                      ("dynamic_threshold", float)):
         env = os.environ.get(f"FASTORALS_KOOPMAN_{key.upper()}")
         if env:
             cfg[key] = cast(env)
     model = StructuredKoopmanAE(frame_size=cfg["size"], k=cfg["k"], hidden=cfg["hidden"], conv_dim=cfg["conv_dim"],
                                 num_static=cfg.get("num_static", 7), variant=cfg.get("variant", "paper"),
-                                dropout=cfg.get("dropout", 0.2))
+                                dropout=cfg.get("dropout", 0.2), dynamic_threshold=cfg.get("dynamic_threshold", 0.5))
     gen = torch.Generator().manual_seed(seed)
     t = time.perf_counter()
     def progress(step: int, d: dict[str, float]) -> None:
