@@ -15,13 +15,16 @@ padding 4, horizontal flip, the chain, ToTensor, Cutout 16, Normalize.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Optional
 
 import torch
 
 from benchmarks.harness import Case, Suite
 from fastorals import augment
+from fastorals.augment import api as augment_api
 from fastorals.augment import opset as O
 from fastorals.augment import reference
 
@@ -49,15 +52,23 @@ class _Draws:
         self.values = self.chains.values()
 
 
+@contextlib.contextmanager
+def _torch_threads(n: Optional[int]) -> Iterator[None]:
+    """torch ops on ``n`` threads inside the block (None: leave the setting alone)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _reference(images: torch.Tensor, d: _Draws) -> torch.Tensor:
     """Per-image PIL pipeline with one torch thread, as in a DataLoader worker (torch sets 1 there)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _torch_threads(1):
         return reference.augment_batch(images, d.chains.ops, d.values, d.pipe.crop, d.pipe.flip.to(torch.uint8),
                                        d.pipe.cutout, MEAN, STD, True)
-    finally:
-        torch.set_num_threads(n)
 
 
 # ----------------------------------------------------------------------------- kornia peer
@@ -168,15 +179,8 @@ def _verify(fast_out, other, name):
 
 def _fast(aug, images, strengths, seed, threads: Optional[int] = None):
     def run():
-        g = torch.Generator().manual_seed(seed)
-        if threads is None:
-            return aug(images, strengths, g)
-        n = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return aug(images, strengths, g)
-        finally:
-            torch.set_num_threads(n)
+        with _torch_threads(threads):
+            return aug(images, strengths, torch.Generator().manual_seed(seed))
 
     return run
 
@@ -229,12 +233,8 @@ def _verify_single(fast_out, other, name):
 
 def _on_one_thread(fn):
     def run():
-        n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with _torch_threads(1):
             return fn()
-        finally:
-            torch.set_num_threads(n)
 
     return run
 
@@ -246,13 +246,13 @@ def _single_op_cases(batch: int, size: int = 224):
     ``Image.copy``), so an op's own cost is its row minus that one."""
     images = _images(batch, size)
     pil = [reference.to_pil(images[i]) for i in range(batch)]
+    # each op's value at the top level, from the sampler's own table (monotone mode, this size)
+    top = 10
+    tab = augment_api._chain_table(None, "monotone", None, (size, size), top, 30.0, torch.device("cpu"))
+    strongest = tab.magnitudes(torch.full((O.NUM_OPS,), float(top), dtype=torch.float64), torch.arange(O.NUM_OPS))
     for op in [O.NONE, *range(O.NUM_OPS)]:  # NONE: the kernel's load and store alone, against Image.copy
         name = O.OP_NAMES[op] if op >= 0 else "none"
-        v = float(O.IDENTITY[op] if op >= 0 and O.IDENTITY[op] is not None else 0.0)
-        if name in O.MONOTONE_STRONGEST:
-            v = float(O.MONOTONE_STRONGEST[name])
-            if op in (O.TRANSLATE_X, O.TRANSLATE_Y):
-                v *= size
+        v = float(strongest[op]) if op >= 0 else 0.0
         ops = torch.full((batch, 1), op)
         mags = torch.full((batch, 1), v)
         fast = _on_one_thread(lambda o=ops, m=mags: augment.apply_chains(images, o, m, out_dtype=torch.uint8,

@@ -149,9 +149,11 @@ float gaussian_box_radius(float radius, int passes) {
 
 // ---------------------------------------------------------------- vectorizable row kernels
 
+// One row of a 3x3 filter (ImagingFilter's float sums). ``sharpen``: the sum is Sharpness's
+// degenerate pixel d, and the output is blend(d, image, alpha) (ImageEnhance.Sharpness).
 FASTORALS_CLONES void filter_row(const float* FASTORALS_RESTRICT a, const float* FASTORALS_RESTRICT b,
-                                 const float* FASTORALS_RESTRICT c, const float* FASTORALS_RESTRICT k,
-                                 uint8_t* FASTORALS_RESTRICT out, int W) {
+                                 const float* FASTORALS_RESTRICT c, const float* FASTORALS_RESTRICT k, bool sharpen,
+                                 float alpha, uint8_t* FASTORALS_RESTRICT out, int W) {
   // a: row y+1 (kernel[0..2]), b: row y (kernel[3..5]), c: row y-1 (kernel[6..8])
   const float k0 = k[0], k1 = k[1], k2 = k[2], k3 = k[3], k4 = k[4], k5 = k[5], k6 = k[6], k7 = k[7], k8 = k[8];
   for (int x = 1; x < W - 1; ++x) {
@@ -159,22 +161,11 @@ FASTORALS_CLONES void filter_row(const float* FASTORALS_RESTRICT a, const float*
     ss += (a[x - 1] * k0 + a[x] * k1) + a[x + 1] * k2;
     ss += (b[x - 1] * k3 + b[x] * k4) + b[x + 1] * k5;
     ss += (c[x - 1] * k6 + c[x] * k7) + c[x + 1] * k8;
+    if (sharpen) {
+      const float d = static_cast<float>(clamp255(static_cast<int>(ss)));
+      ss = d + alpha * (b[x] - d);
+    }
     out[x] = trunc_clip8(ss);
-  }
-}
-
-FASTORALS_CLONES void sharpen_row(const float* FASTORALS_RESTRICT a, const float* FASTORALS_RESTRICT b,
-                                  const float* FASTORALS_RESTRICT c, const float* FASTORALS_RESTRICT k, float alpha,
-                                  uint8_t* FASTORALS_RESTRICT out, int W) {
-  // the degenerate pixel d = filter_row's (SMOOTH for Sharpness), then blend(d, image, alpha)
-  const float k0 = k[0], k1 = k[1], k2 = k[2], k3 = k[3], k4 = k[4], k5 = k[5], k6 = k[6], k7 = k[7], k8 = k[8];
-  for (int x = 1; x < W - 1; ++x) {
-    float ss = 0.5f;
-    ss += (a[x - 1] * k0 + a[x] * k1) + a[x + 1] * k2;
-    ss += (b[x - 1] * k3 + b[x] * k4) + b[x + 1] * k5;
-    ss += (c[x - 1] * k6 + c[x] * k7) + c[x + 1] * k8;
-    float d = static_cast<float>(clamp255(static_cast<int>(ss)));
-    out[x] = trunc_clip8(d + alpha * (b[x] - d));
   }
 }
 
@@ -315,6 +306,20 @@ FASTORALS_CLONES void reverse_row_portable(const uint8_t* FASTORALS_RESTRICT in,
 }
 
 #if defined(__GNUC__) && defined(__x86_64__)
+// Masks of the first min(left, N) lanes (left >= 0) for the masked loads and stores of tails.
+inline __mmask16 lanes16(int64_t left) { return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1); }
+inline __mmask32 lanes32(int64_t left) { return left >= 32 ? ~__mmask32(0) : __mmask32((1u << left) - 1); }
+inline __mmask64 lanes64(int64_t left) { return left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1; }
+
+// table[x] for the 64 bytes of x, a 256-entry byte table in t[0..3] (64 entries each): two
+// 128-entry VBMI permutes, bit 7 picks the half.
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline __m512i lut64_vbmi(__m512i x, const __m512i* t) {
+  return _mm512_mask_blend_epi8(_mm512_movepi8_mask(x), _mm512_permutex2var_epi8(t[0], x, t[1]),
+                                _mm512_permutex2var_epi8(t[2], x, t[3]));
+}
+#endif
+
+#if defined(__GNUC__) && defined(__x86_64__)
 // 64 bytes per step: out[i..i+63] are in[n-64-i .. n-1-i] reversed by one byte permute.
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void reverse_row_vbmi(const uint8_t* in, uint8_t* out, int n) {
   alignas(64) uint8_t iota[64];
@@ -328,7 +333,7 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void reverse_row_vbmi(con
     _mm512_storeu_si512(out + i, _mm512_maskz_permutexvar_epi8(~__mmask64(0), r, _mm512_loadu_si512(in + n - 64 - i)));
   const int m = n - i;  // the remaining outputs mirror the first m inputs: one masked step
   if (m > 0) {
-    const __mmask64 k = (~__mmask64(0)) >> (64 - m);
+    const __mmask64 k = lanes64(m);
     const __m512i idx = reversal(m);
     _mm512_mask_storeu_epi8(out + i, k, _mm512_maskz_permutexvar_epi8(~__mmask64(0), idx, _mm512_maskz_loadu_epi8(k, in)));
   }
@@ -411,25 +416,18 @@ void lut_row_scalar(const uint8_t* FASTORALS_RESTRICT in, const uint8_t* FASTORA
   for (int64_t i = 0; i < n; ++i) out[i] = lut[in[i]];
 }
 
+
 #if defined(__GNUC__) && defined(__x86_64__)
 // 256-entry byte table with AVX-512 VBMI: two 128-entry permutes, bit 7 picks the half.
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void lut_row_vbmi(const uint8_t* in, const uint8_t* lut,
                                                                         uint8_t* out, int64_t n) {
-  const __m512i t0 = _mm512_loadu_si512(lut), t1 = _mm512_loadu_si512(lut + 64);
-  const __m512i t2 = _mm512_loadu_si512(lut + 128), t3 = _mm512_loadu_si512(lut + 192);
+  const __m512i t[4] = {_mm512_loadu_si512(lut), _mm512_loadu_si512(lut + 64), _mm512_loadu_si512(lut + 128),
+                        _mm512_loadu_si512(lut + 192)};
   int64_t i = 0;
-  for (; i + 64 <= n; i += 64) {
-    __m512i x = _mm512_loadu_si512(in + i);
-    __m512i lo = _mm512_permutex2var_epi8(t0, x, t1);
-    __m512i hi = _mm512_permutex2var_epi8(t2, x, t3);
-    _mm512_storeu_si512(out + i, _mm512_mask_blend_epi8(_mm512_movepi8_mask(x), lo, hi));
-  }
+  for (; i + 64 <= n; i += 64) _mm512_storeu_si512(out + i, lut64_vbmi(_mm512_loadu_si512(in + i), t));
   if (i < n) {
-    __mmask64 k = (~__mmask64(0)) >> (64 - (n - i));
-    __m512i x = _mm512_maskz_loadu_epi8(k, in + i);
-    __m512i lo = _mm512_permutex2var_epi8(t0, x, t1);
-    __m512i hi = _mm512_permutex2var_epi8(t2, x, t3);
-    _mm512_mask_storeu_epi8(out + i, k, _mm512_mask_blend_epi8(_mm512_movepi8_mask(x), lo, hi));
+    const __mmask64 k = lanes64(n - i);
+    _mm512_mask_storeu_epi8(out + i, k, lut64_vbmi(_mm512_maskz_loadu_epi8(k, in + i), t));
   }
 }
 #endif
@@ -545,9 +543,6 @@ FASTORALS_AVX512BW inline __m512i clip8_epi32(__m512 v) {  // clamp255(int(v)) p
   return _mm512_min_epi32(_mm512_max_epi32(_mm512_cvttps_epi32(v), _mm512_setzero_si512()), _mm512_set1_epi32(255));
 }
 
-FASTORALS_AVX512BW inline __mmask16 lanes16(int left) {  // the first min(left, 16) lanes
-  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-}
 
 // (r[x-1] a + r[x] b) + r[x+1] c for the lanes of m
 FASTORALS_AVX512BW inline __m512 tap3(const float* r, int x, __mmask16 m, __m512 a, __m512 b, __m512 c) {
@@ -578,7 +573,7 @@ FASTORALS_AVX512BW void box_pass_avx512(const uint8_t* src, uint8_t* dst, int n,
     return _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(k, src + i * M + j));
   };
   for (int j = 0; j < m; j += 32) {
-    const __mmask32 k = m - j >= 32 ? ~__mmask32(0) : __mmask32((1u << (m - j)) - 1);
+    const __mmask32 k = lanes32(m - j);
     __m512i acc = _mm512_setzero_si512();
     if (r > 0) {
       acc = _mm512_mullo_epi16(row(0, j, k), _mm512_set1_epi16(int16_t(r + 1)));
@@ -633,20 +628,14 @@ FASTORALS_AVX512BW void resample_vrow_avx512(const uint8_t* src, int64_t stride,
 // step (VBMI table lookups as lut_row_vbmi).
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void minmax_u8_avx512(const uint8_t* p, int64_t n,
                                                                             const uint8_t* lut, int* lo, int* hi) {
-  __m512i t0 = _mm512_setzero_si512(), t1 = t0, t2 = t0, t3 = t0;
-  if (lut) {
-    t0 = _mm512_loadu_si512(lut);
-    t1 = _mm512_loadu_si512(lut + 64);
-    t2 = _mm512_loadu_si512(lut + 128);
-    t3 = _mm512_loadu_si512(lut + 192);
-  }
+  __m512i t[4] = {};
+  if (lut)
+    for (int j = 0; j < 4; ++j) t[j] = _mm512_loadu_si512(lut + 64 * j);
   __m512i mn = _mm512_set1_epi8(char(0xFF)), mx = _mm512_setzero_si512();
   for (int64_t i = 0; i < n; i += 64) {
-    const __mmask64 k = n - i >= 64 ? ~__mmask64(0) : (~__mmask64(0)) >> (64 - (n - i));
+    const __mmask64 k = lanes64(n - i);
     __m512i x = _mm512_maskz_loadu_epi8(k, p + i);
-    if (lut)
-      x = _mm512_mask_blend_epi8(_mm512_movepi8_mask(x), _mm512_permutex2var_epi8(t0, x, t1),
-                                 _mm512_permutex2var_epi8(t2, x, t3));
+    if (lut) x = lut64_vbmi(x, t);
     mn = _mm512_mask_min_epu8(mn, k, mn, x);
     mx = _mm512_mask_max_epu8(mx, k, mx, x);
   }
@@ -1425,10 +1414,7 @@ void Engine::filter3x3(const float* k, bool sharpen, float alpha) {
     for (int y = 1; y < H - 1; ++y) {
       load(y + 1, rows[2]);
       uint8_t* d = o + int64_t(y) * W;
-      if (sharpen)
-        sharpen_row(rows[2], rows[1], rows[0], k, alpha, d, W);
-      else
-        filter_row(rows[2], rows[1], rows[0], k, d, W);
+      filter_row(rows[2], rows[1], rows[0], k, sharpen, alpha, d, W);
       d[0] = static_cast<uint8_t>(rows[1][0]);
       d[W - 1] = static_cast<uint8_t>(rows[1][W - 1]);
       float* t = rows[0];
