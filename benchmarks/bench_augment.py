@@ -16,6 +16,7 @@ padding 4, horizontal flip, the chain, ToTensor, Cutout 16, Normalize.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 from typing import Optional
@@ -170,9 +171,17 @@ def _kornia_available() -> Optional[str]:
 # ----------------------------------------------------------------------------- cases
 
 
-def _verify(fast_out, other, name):
+def _verify(fast_out, other, name, level: float = 0.0):
+    """CPU: exactly equal. CUDA (``level`` = one intensity level in output units): the device's
+    sin/cos may round differently in rare pixels, so the acceptance bar is within one level on
+    >= 99% of the values."""
     if name == "reference" or name.startswith("fastorals"):
-        assert torch.equal(fast_out.cpu(), other.cpu()), f"{name} differs from the fast path"
+        a, b = fast_out.cpu(), other.cpu()
+        if fast_out.device.type == "cpu" or level == 0.0:
+            assert torch.equal(a, b), f"{name} differs from the fast path"
+        else:
+            close = ((a.double() - b.double()).abs() <= level * 1.001).double().mean().item()
+            assert a.shape == b.shape and close >= 0.99, f"{name}: only {close:.4f} within one level"
     else:  # kornia: different pixel semantics, same shapes
         assert other.shape == fast_out.shape and other.dtype == fast_out.dtype, name
 
@@ -193,6 +202,8 @@ def cases(mode: str, device: str):
     }[mode]
     kornia_missing = _kornia_available()
     aug = augment.BatchAugment.cifar(cutout=16)
+    level = 1.0 / (255.0 * min(aug.std))  # one intensity level after normalize
+    verify = functools.partial(_verify, level=level)
     for size, batch, levels in plan:
         if device == "cuda":
             batch = batch * 8
@@ -216,7 +227,7 @@ def cases(mode: str, device: str):
                 device=device, fast=fast, reference=ref, peers=peers,
                 backend={"fastorals": "cpp" if device == "cpu" else "triton", "fastorals-1t": "cpp"},
                 bytes=images.numel() * 5.0,  # uint8 in, float32 out
-                verify=_verify, skip=skip, max_time_s=3.0 if size == 224 else 2.0,
+                verify=verify, skip=skip, max_time_s=3.0 if size == 224 else 2.0,
                 note=f"per-sample chains of {n} ops at level {n}; crop 4, flip, cutout 16, normalize",
             )
 

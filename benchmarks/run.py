@@ -50,6 +50,22 @@ def _load(path: str) -> dict[str, Any]:
     return {}
 
 
+def _save(base: str, device: str, limits: dict[str, Any], mode: str, t_start: float,
+          rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write ``<base>.json``; called after every case, so a run stopped midway keeps what it measured."""
+    doc = {
+        "device": harness.device_description(device),
+        "limits": limits,
+        "mode": mode,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "elapsed_s": round(time.perf_counter() - t_start, 1),
+        "rows": rows,
+    }
+    with open(base + ".json", "w") as f:
+        json.dump(doc, f, indent=1)
+    return doc
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{limits['gbps']:.1f} GB/s (copy {limits['copy_mib']:.0f} MiB)")
         rows: list[dict[str, Any]] = []
         t_start = time.perf_counter()
+        old = _load(base + ".json")
+        kept = [r for r in old.get("rows", []) if r.get("suite") not in selected]
+
         for name, suite in selected.items():
             for case in tqdm(harness.iter_cases(suite, mode, device), desc=f"{name} [{device}]", unit="case",
                              leave=False):
@@ -108,18 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "dtype": case.dtype, "device": device, "impl": "-", "kind": "fast",
                                  "backend": case.backend, "note": f"FAILED: {type(exc).__name__}: {exc}"[:300],
                                  "mode": mode})
-        old = _load(base + ".json")
-        kept = [r for r in old.get("rows", []) if r.get("suite") not in selected]
-        doc = {
-            "device": harness.device_description(device),
-            "limits": limits,
-            "mode": mode,
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "elapsed_s": round(time.perf_counter() - t_start, 1),
-            "rows": kept + rows,
-        }
-        with open(base + ".json", "w") as f:
-            json.dump(doc, f, indent=1)
+                _save(base, device, limits, mode, t_start, kept + rows)
+        doc = _save(base, device, limits, mode, t_start, kept + rows)
         title = f"fastorals benchmarks — {doc['device']['name']} ({label}, {mode})"
         with open(base + ".md", "w") as f:
             f.write(report.markdown_table(doc["rows"], title))

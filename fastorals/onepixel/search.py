@@ -114,7 +114,7 @@ def search_shortcut(
         _check_values(ops.value_stats(images))
         from .triton import class_sums_triton
 
-        s1, s2 = class_sums_triton(images, labels, counts, K)
+        s1, s2 = class_sums_triton(images, labels, counts, K, int(counts.max()))
     else:
         fn = ops.class_sums_cpp if backend == "cpp" else ops.class_sums_torch
         s1, s2, stats = fn(images, labels, K)

@@ -63,8 +63,12 @@ def _split_for(K: int, blocks: int, max_per_class: int) -> int:
 
 
 @triton_op("fastorals::onepixel_class_sums_triton", mutates_args=())
-def class_sums_triton(images: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact sums (s1, s2), int64 [K, C, H*W], of validated images (uint8, or float32/float64 in [0, 1])."""
+def class_sums_triton(images: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, num_classes: int,
+                      max_per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact sums (s1, s2), int64 [K, C, H*W], of validated images (uint8, or float32/float64 in [0, 1]).
+
+    ``max_per_class`` is ``int(counts.max())``, read by the caller: the op itself reads nothing
+    back to the host, so it traces under ``torch.compile`` and fake tensors."""
     images = images.contiguous()
     N, C, H, W = images.shape
     P = H * W
@@ -75,7 +79,7 @@ def class_sums_triton(images: torch.Tensor, labels: torch.Tensor, counts: torch.
     is_u8 = images.dtype == torch.uint8
     BLOCK = 128 if P >= 128 else triton.next_power_of_2(max(P, 16))
     blocks = triton.cdiv(P, BLOCK)
-    max_per_class = max(int(counts.max()), 1) if K else 1
+    max_per_class = max(int(max_per_class), 1)
     split = _split_for(K, blocks, max_per_class)
     per_split = -(-max_per_class // split)
     s1 = torch.empty(split, K, C, P, dtype=torch.int64, device=images.device)

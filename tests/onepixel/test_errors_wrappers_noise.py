@@ -158,7 +158,8 @@ def test_triton_scores_and_search_equal_reference(triton_device):
             xin = x if dtype == torch.uint8 else x.float() / 255
             counts = torch.bincount(y, minlength=k)
             s1, s2, _ = ops.class_sums_torch(xin, y, k)
-            t1, t2 = class_sums_triton(xin.to(triton_device), y.to(triton_device), counts.to(triton_device), k)
+            t1, t2 = class_sums_triton(xin.to(triton_device), y.to(triton_device), counts.to(triton_device), k,
+                                       int(counts.max()))
             assert torch.equal(t1.cpu(), s1) and torch.equal(t2.cpu(), s2)  # exact integer sums
             with fastorals.use_backend("reference"):
                 ref = search_shortcut(xin, y)
