@@ -36,8 +36,17 @@ def saved_activation_bytes(fn: Callable[[], torch.Tensor], params: list[torch.Te
 
 
 def _grad_verify(fast_out: Any, other: Any, name: str) -> None:
-    for a, b in zip(fast_out, other):
-        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3, msg=f"{name} disagrees with fastorals")
+    """Normwise relative error per gradient (float32 sums in different orders; d|g|/dg flips sign on
+    Gram entries that round across zero, so an elementwise bound is the wrong test)."""
+    for i, (a, b) in enumerate(zip(fast_out, other)):
+        rel = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+        assert rel <= 1e-3, f"{name} disagrees with fastorals: gradient {i} relative error {rel:.2e}"
+
+
+def _fast_backend(device: str) -> str:
+    from fastorals.lipschitz.functional import _backend
+
+    return _backend("lipschitz.sll_t", torch.device(device), dtype=torch.float32)
 
 
 def _dense_cases(mode: str, device: str):
@@ -49,6 +58,7 @@ def _dense_cases(mode: str, device: str):
 
 def _dense_size(mode: str, device: str, bsz: int, n: int, m: int):
     torch.manual_seed(0)
+    fb = _fast_backend(device)
     layer = SLLLinear(n, m).to(device)
     w, b, q = layer.weight, layer.bias, layer.q
     x = torch.randn(bsz, n, device=device, requires_grad=True)
@@ -81,12 +91,12 @@ def _dense_size(mode: str, device: str, bsz: int, n: int, m: int):
     note = f"saved activations: fastorals {mem_fast:.2f} MiB, reference {mem_ref:.2f} MiB"
     yield Case(op="sll_dense_fwd_bwd", shape=shape, dtype="float32", device=device,
                fast={"fastorals": fwdbwd(fast_fwd)}, reference=fwdbwd(ref_fwd), peers=peers_fb,
-               backend="torch", flops=3 * (gram_flops + gemm_flops), verify=_grad_verify, skip=skip, note=note,
+               backend=fb, flops=3 * (gram_flops + gemm_flops), verify=_grad_verify, skip=skip, note=note,
                name="dense fwd+bwd")
     peers_f = {"torch.compile(reference)": no_grad(lambda: compiled(x, w, b, q))} if compiled else {}
     yield Case(op="sll_dense_fwd", shape=shape, dtype="float32", device=device,
                fast={"fastorals": no_grad(fast_fwd)}, reference=no_grad(ref_fwd), peers=peers_f,
-               backend="torch", flops=gram_flops + gemm_flops, skip=skip, name="dense fwd",
+               backend=fb, flops=gram_flops + gemm_flops, skip=skip, name="dense fwd",
                verify=lambda a, o, name: torch.testing.assert_close(a, o, atol=1e-3, rtol=1e-3))
     g = torch.randn(bsz, n, device=device)
     y_fast = layer(x)
@@ -96,7 +106,7 @@ def _dense_size(mode: str, device: str, bsz: int, n: int, m: int):
         return lambda: torch.autograd.grad(y, [x, w, q], g, retain_graph=True)
 
     yield Case(op="sll_dense_bwd", shape=shape, dtype="float32", device=device,
-               fast={"fastorals": bwd(y_fast)}, reference=bwd(y_ref), backend="torch",
+               fast={"fastorals": bwd(y_fast)}, reference=bwd(y_ref), backend=fb,
                flops=2 * (gram_flops + gemm_flops), verify=_grad_verify, name="dense bwd")
     layer.eval()
     layer(x)  # fill the cache
@@ -110,7 +120,7 @@ def _dense_size(mode: str, device: str, bsz: int, n: int, m: int):
             return R.sll_dense(x, w, b, q)
 
     yield Case(op="sll_dense_eval", shape=shape, dtype="float32", device=device,
-               fast={"fastorals (cached t)": eval_cached}, reference=eval_recompute, backend="torch",
+               fast={"fastorals (cached t)": eval_cached}, reference=eval_recompute, backend=fb,
                flops=gemm_flops, name="dense eval (cached t)",
                verify=lambda a, o, name: torch.testing.assert_close(a, o, atol=1e-3, rtol=1e-3))
     layer.train()
@@ -124,7 +134,7 @@ def _dense_size(mode: str, device: str, bsz: int, n: int, m: int):
             return R.sll_dense_t(w, q)
 
     yield Case(op="sll_gram_t", shape=f"m{m} n{n}", dtype="float32", device=device,
-               fast={"fastorals": t_fast}, reference=t_ref, backend="torch", flops=gram_flops,
+               fast={"fastorals": t_fast}, reference=t_ref, backend=fb, flops=gram_flops,
                name="Gram row sum t", verify=lambda a, o, name: torch.testing.assert_close(a, o, rtol=1e-4,
                                                                                            atol=1e-4))
 

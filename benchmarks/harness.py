@@ -247,7 +247,18 @@ def measure_limits(device: str, mode: str = "full") -> dict[str, float]:
     t_cp = statistics.median(timer(lambda: dst.copy_(src), max_time_s=0.3 if small else 1.5))
     gbps = 2 * numel * 4 / t_cp / 1e9
     _LIMITS[key] = {"gflops": gflops, "gbps": gbps, "mm_n": float(n), "copy_mib": numel * 4 / 2**20}
+    if device.startswith("cuda"):  # the matrix units' rate: the limit of bfloat16/float16 rows
+        a16, b16 = a.bfloat16(), b.bfloat16()
+        t16 = statistics.median(timer(lambda: torch.mm(a16, b16), max_time_s=0.3 if small else 1.5))
+        _LIMITS[key]["gflops_16bit"] = 2 * n**3 / t16 / 1e9
     return _LIMITS[key]
+
+
+def flops_limit_key(limits: dict[str, float], dtype: str) -> str:
+    """``gflops_16bit`` for rows whose arithmetic runs in bfloat16/float16 where it was measured,
+    else ``gflops`` (float32)."""
+    low = dtype.split(",")[0].strip().removeprefix("q ") in ("bfloat16", "float16")
+    return "gflops_16bit" if low and "gflops_16bit" in limits else "gflops"
 
 
 # ------------------------------------------------------------------------------ device names
@@ -364,7 +375,8 @@ def run_case(suite: str, case: Case, mode: str, *, memory: bool = True) -> list[
             pct = {}
             if case.flops:
                 row["gflops"] = case.flops / med / 1e9
-                pct["gflops"] = 100 * row["gflops"] / limits["gflops"]
+                fk = flops_limit_key(limits, case.dtype)
+                pct[fk] = 100 * row["gflops"] / limits[fk]
             if case.bytes:
                 row["gbps"] = case.bytes / med / 1e9
                 pct["gbps"] = 100 * row["gbps"] / limits["gbps"]

@@ -4,6 +4,7 @@
     python -m benchmarks.run --quick         # smaller sizes, same cases
     python -m benchmarks.run --smoke         # tiny sizes: checks the suites run (CI)
     python -m benchmarks.run --only onepixel --only rebasin
+    python -m benchmarks.run --only augment --match 224px   # only the cases whose name has "224px"
 
 Writes ``benchmarks/results/<device>[-quick|-smoke].json`` (rows merged by suite with what is
 already there), ``<device>[...].md`` and one plot per suite ``<device>[...]-<suite>.png``.
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--quick", action="store_true", help="smaller sizes")
     g.add_argument("--smoke", action="store_true", help="tiny sizes, just check every suite runs")
     p.add_argument("--only", action="append", default=[], metavar="MODULE", help="run only this suite (repeatable)")
+    p.add_argument("--match", action="append", default=[], metavar="TEXT",
+                   help="run only the cases whose name contains TEXT (repeatable: any of them)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CPU rows, plus CUDA rows when a GPU is present")
     p.add_argument("--out", default=RESULTS, help="results folder (default: benchmarks/results)")
@@ -113,11 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[dict[str, Any]] = []
         t_start = time.perf_counter()
         old = _load(base + ".json")
-        kept = [r for r in old.get("rows", []) if r.get("suite") not in selected]
+        kept = [r for r in old.get("rows", []) if r.get("suite") not in selected
+                or (args.match and not any(t in r.get("case", "") for t in args.match))]
 
         for name, suite in selected.items():
             for case in tqdm(harness.iter_cases(suite, mode, device), desc=f"{name} [{device}]", unit="case",
                              leave=False):
+                if args.match and not any(t in (case.name or case.op) for t in args.match):
+                    continue
                 try:
                     rows += harness.run_case(name, case, mode)
                 except Exception as exc:
