@@ -36,11 +36,13 @@ def saved_activation_bytes(fn: Callable[[], torch.Tensor], params: list[torch.Te
 
 
 def _grad_verify(fast_out: Any, other: Any, name: str) -> None:
-    """Normwise relative error per gradient (float32 sums in different orders; d|g|/dg flips sign on
-    Gram entries that round across zero, so an elementwise bound is the wrong test)."""
+    """Normwise relative error per gradient, at most 1e-2. The gradient of t = sum_j |G_ij| ... holds
+    sign(G_ij), which is discontinuous: Gram entries near zero that two float32 summation orders
+    round to opposite signs flip whole terms, so even two correct float32 paths differ by ~1e-3
+    (1.01e-3 for W's gradient at B64 n1024 m2048 on an H200); a wrong formula gives O(1)."""
     for i, (a, b) in enumerate(zip(fast_out, other)):
         rel = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-        assert rel <= 1e-3, f"{name} disagrees with fastorals: gradient {i} relative error {rel:.2e}"
+        assert rel <= 1e-2, f"{name} disagrees with fastorals: gradient {i} relative error {rel:.2e}"
 
 
 def _fast_backend(device: str) -> str:

@@ -49,6 +49,13 @@ _KERNELS = {
 
 
 @triton.jit
+def _f32x9(a0, a1, a2, a3, a4, a5, a6, a7, a8):
+    return (tl.cast(a0, tl.float32), tl.cast(a1, tl.float32), tl.cast(a2, tl.float32), tl.cast(a3, tl.float32),
+            tl.cast(a4, tl.float32), tl.cast(a5, tl.float32), tl.cast(a6, tl.float32), tl.cast(a7, tl.float32),
+            tl.cast(a8, tl.float32))
+
+
+@triton.jit
 def _clip8(t):
     """Truncate a float toward zero and clamp to [0, 255] (= Pillow's clip8 / blend clipping)."""
     v = t.to(tl.int32)
@@ -352,6 +359,10 @@ def _augment_kernel(
     s0, s1, s2, s3, s4, s5, s6, s7, s8,
     FLOAT_OUT: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    # float scalars: fp32 as in eager Triton (torch.compile passes Python floats as fp64)
+    e0, e1, e2, e3, e4, e5, e6, e7, e8 = _f32x9(e0, e1, e2, e3, e4, e5, e6, e7, e8)
+    d0, d1, d2, d3, d4, d5, d6, d7, d8 = _f32x9(d0, d1, d2, d3, d4, d5, d6, d7, d8)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8 = _f32x9(s0, s1, s2, s3, s4, s5, s6, s7, s8)
     b = tl.program_id(0).to(tl.int64)
     HW = H * W
     CHW = C * HW

@@ -25,6 +25,10 @@ def _spectral_kernel(
     k, num_static, dyn_thr, radius, eigs_thr,
     STATIC_MODE: tl.constexpr, DYNAMIC_MODE: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    # float scalars: fp32 as in eager Triton (torch.compile passes Python floats as fp64)
+    dyn_thr = tl.cast(dyn_thr, tl.float32)
+    radius = tl.cast(radius, tl.float32)
+    eigs_thr = tl.cast(eigs_thr, tl.float32)
     m = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     valid = offs < k
@@ -119,7 +123,7 @@ def _spectral_kernel(
     tl.store(gs_ptr + base + offs * 2 + 1, tl.where(smask, s_gi, zero) * inv_s, mask=valid)
     tl.store(gd_ptr + base + offs * 2, tl.where(dmask, d_gr, zero) * inv_d, mask=valid)
     tl.store(gd_ptr + base + offs * 2 + 1, tl.where(dmask, d_gi, zero) * inv_d, mask=valid)
-    tl.store(mask_ptr + m * k + offs, smask.to(tl.int8), mask=valid)
+    tl.store(mask_ptr + m * k + offs, smask, mask=valid)
     tl.store(comp_ptr + m * k + offs, comp.to(tl.int64), mask=valid)
     tl.store(ns_ptr + m, ns.to(tl.int64))
 
@@ -138,7 +142,7 @@ def spectral_terms_triton(ev: torch.Tensor, num_static: int, static_mode: int, d
     dl = ev.new_empty(m)
     gs = ev.new_empty(m, k, 2)
     gd = ev.new_empty(m, k, 2)
-    mask = ev.new_empty(m, k, dtype=torch.int8)
+    mask = ev.new_empty(m, k, dtype=torch.bool)  # bool storage (a view of int8 does not lower in inductor)
     comp = ev.new_empty(m, k, dtype=torch.int64)
     ns = ev.new_empty(m, dtype=torch.int64)
     if m > 0 and k > 0:
@@ -146,7 +150,7 @@ def spectral_terms_triton(ev: torch.Tensor, num_static: int, static_mode: int, d
         wrap_triton(_spectral_kernel)[(m,)](
             ev, sl, dl, gs, gd, mask, comp, ns, k, num_static, dynamic_threshold, ball_radius, eigs_threshold,
             STATIC_MODE=static_mode, DYNAMIC_MODE=dynamic_mode, BLOCK=block, num_warps=4 if block <= 64 else 8)
-    return sl, dl, gs, gd, mask.view(torch.bool), comp, ns
+    return sl, dl, gs, gd, mask, comp, ns
 
 
 register_triton_autograd(spectral_terms_triton)

@@ -60,6 +60,10 @@ def _scores_tile(Z, D, rows, rmask, cols, cmask, M, s_zb, s_zm, s_dm, s_dq,
 @triton.jit
 def _ce_fwd_kernel(Z, D, Y, CE, PRED, LSE, LSEA, B, M, Q, s_zb, s_zm, s_dm, s_dq, lo, step, inv_ts,
                    BLOCK_B: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr):
+    # float scalars: fp32 as in eager Triton (torch.compile passes Python floats as fp64)
+    lo = tl.cast(lo, tl.float32)
+    step = tl.cast(step, tl.float32)
+    inv_ts = tl.cast(inv_ts, tl.float32)
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
@@ -122,6 +126,10 @@ def _load_row_stats(Y, LSE, LSEA, PRED, GCE, GPRED, rows, rmask):
 @triton.jit
 def _ce_bwd_dz_kernel(Z, D, Y, LSE, LSEA, PRED, GCE, GPRED, DZ, B, M, Q, s_zb, s_zm, s_dm, s_dq, lo, step,
                       inv_ts, BLOCK_B: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr):
+    # float scalars: fp32 as in eager Triton (torch.compile passes Python floats as fp64)
+    lo = tl.cast(lo, tl.float32)
+    step = tl.cast(step, tl.float32)
+    inv_ts = tl.cast(inv_ts, tl.float32)
     pid_b = tl.program_id(0)
     pid_m = tl.program_id(1)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -144,6 +152,10 @@ def _ce_bwd_dz_kernel(Z, D, Y, LSE, LSEA, PRED, GCE, GPRED, DZ, B, M, Q, s_zb, s
 @triton.jit
 def _ce_bwd_dd_kernel(Z, D, Y, LSE, LSEA, PRED, GCE, GPRED, DD, B, M, Q, s_zb, s_zm, s_dm, s_dq, lo, step,
                       inv_ts, BLOCK_B: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr):
+    # float scalars: fp32 as in eager Triton (torch.compile passes Python floats as fp64)
+    lo = tl.cast(lo, tl.float32)
+    step = tl.cast(step, tl.float32)
+    inv_ts = tl.cast(inv_ts, tl.float32)
     pid_q = tl.program_id(0)
     pid_m = tl.program_id(1)
     cols = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -238,6 +250,8 @@ _R1_BI, _R1_BJ, _R1_BK = 32, 32, 8
 @triton.jit
 def _r1_fwd_kernel(Z, Y, P, B, M, s_zb, s_zm, scale, n_j,
                    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    # float scalars: fp32 as in eager Triton (torch.compile passes Python floats as fp64)
+    scale = tl.cast(scale, tl.float32)
     pid_i = tl.program_id(0)
     pid_j = tl.program_id(1)
     # symmetry: blocks below the diagonal are skipped, blocks above it count twice
@@ -266,6 +280,9 @@ def _r1_fwd_kernel(Z, Y, P, B, M, s_zb, s_zm, scale, n_j,
 @triton.jit
 def _r1_bwd_kernel(Z, Y, GOUT, G, B, M, s_zb, s_zm, scale, neg2_over_b,
                    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    # float scalars: fp32 as in eager Triton (torch.compile passes Python floats as fp64)
+    scale = tl.cast(scale, tl.float32)
+    neg2_over_b = tl.cast(neg2_over_b, tl.float32)
     pid_i = tl.program_id(0)
     pid_k = tl.program_id(1)
     ii = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)

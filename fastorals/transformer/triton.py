@@ -16,7 +16,7 @@ Kernels (semantics in :mod:`fastorals.transformer.reference`):
 * ``_attn_decode``: one program per (sequence, head) for a few new query tokens against a KV
   cache with per-sequence lengths (``T <= DECODE_MAX_T``; larger ``T`` uses ``_attn_fwd``).
 
-Attention dropout draws a Philox stream (``tl.randint``'s generator) keyed by a 64-bit seed and
+Attention dropout draws a Philox4x32-10 stream keyed by a 64-bit seed and
 counted by ``(row * Lk + col, batch * H + head)``: forward and backward regenerate the same mask,
 and :func:`dropout_keep_mask` materialises it for tests.
 
@@ -33,7 +33,6 @@ import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
-from triton.language.random import philox, uint_to_uniform_float
 
 LOG2E = 1.4426950408889634
 DECODE_MAX_T = 4
@@ -113,13 +112,40 @@ def _keep_mask(seed, bh, rows, cols, Lk, dropout_p, TRANSPOSED: tl.constexpr = F
     c2 = (off >> 32).to(tl.uint32)
     zero = c0 * 0
     c1 = zero + bh.to(tl.uint32)
-    r, _, _, _ = philox(seed, c0, c1, c2, zero)
-    u = uint_to_uniform_float(r)
+    r = _philox(seed, c0, c1, c2, zero)
+    u = (r >> 8).to(tl.float32) * (1.0 / 16777216.0)  # 24 random bits: uniform on [0, 1)
     return u >= dropout_p
 
 
 @triton.jit
+def _philox(seed, c0, c1, c2, c3):
+    """First output word of Philox4x32-10 (Salmon et al., SC 2011) for the uint32 counters
+    (c0, c1, c2, c3) under the 64-bit key ``seed``. Written out (constants inline) rather than
+    taken from ``triton.language.random``, whose module-level defaults do not survive the source
+    copy that ``torch.compile`` makes of a user kernel."""
+    seed = seed.to(tl.uint64)
+    k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
+    k1 = (seed >> 32).to(tl.uint32)
+    m0 = c0 * 0 + 0xD2511F53
+    m1 = c0 * 0 + 0xCD9E8D57
+    for _ in tl.static_range(10):
+        hi0 = tl.umulhi(m0, c0)
+        lo0 = m0 * c0
+        hi1 = tl.umulhi(m1, c2)
+        lo1 = m1 * c2
+        c0 = hi1 ^ c1 ^ k0
+        c1 = lo1
+        c2 = hi0 ^ c3 ^ k1
+        c3 = lo0
+        k0 = k0 + 0x9E3779B9  # Weyl sequence of the key
+        k1 = k1 + 0xBB67AE85
+    return c0
+
+
+@triton.jit
 def _dropout_mask_kernel(OUT, SEED, H, Lq, Lk, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # float scalars: fp32 as in eager Triton (torch.compile passes Python floats as fp64)
+    dropout_p = tl.cast(dropout_p, tl.float32)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     bh = tl.program_id(2)
@@ -178,6 +204,10 @@ def _attn_fwd(Q, K, V, O, LSE, QLENS, KVLENS, SEED,
               D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               CAUSAL: tl.constexpr, HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
               HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, IS_FP64: tl.constexpr):
+    # float scalars: fp32 as in eager Triton (torch.compile passes Python floats as fp64)
+    sm_scale = tl.cast(sm_scale, tl.float32)
+    sm_scale_lo = tl.cast(sm_scale_lo, tl.float32)
+    dropout_p = tl.cast(dropout_p, tl.float32)
     ACC = tl.float64 if IS_FP64 else tl.float32
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -296,6 +326,10 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, QLENS, KVLENS, SEED,
                    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    CAUSAL: tl.constexpr, HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
                    HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, IS_FP64: tl.constexpr):
+    # float scalars: fp32 as in eager Triton (torch.compile passes Python floats as fp64)
+    sm_scale = tl.cast(sm_scale, tl.float32)
+    sm_scale_lo = tl.cast(sm_scale_lo, tl.float32)
+    dropout_p = tl.cast(dropout_p, tl.float32)
     ACC = tl.float64 if IS_FP64 else tl.float32
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
@@ -389,6 +423,10 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, QLENS, KVLENS, SEED,
                  D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  CAUSAL: tl.constexpr, HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
                  HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, IS_FP64: tl.constexpr):
+    # float scalars: fp32 as in eager Triton (torch.compile passes Python floats as fp64)
+    sm_scale = tl.cast(sm_scale, tl.float32)
+    sm_scale_lo = tl.cast(sm_scale_lo, tl.float32)
+    dropout_p = tl.cast(dropout_p, tl.float32)
     ACC = tl.float64 if IS_FP64 else tl.float32
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -451,6 +489,9 @@ def _attn_decode(Q, K, V, O, QLENS, KVLENS,
                  H, T, sm_scale, sm_scale_lo,
                  D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
                  CAUSAL: tl.constexpr, HAS_QLENS: tl.constexpr, IS_FP64: tl.constexpr):
+    # float scalars: fp32 as in eager Triton (torch.compile passes Python floats as fp64)
+    sm_scale = tl.cast(sm_scale, tl.float32)
+    sm_scale_lo = tl.cast(sm_scale_lo, tl.float32)
     ACC = tl.float64 if IS_FP64 else tl.float32
     bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)

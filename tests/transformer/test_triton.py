@@ -237,3 +237,4 @@ def test_gpu_torch_compile_traces_op():
     assert_close(out, ref)
     out.float().sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()
+
