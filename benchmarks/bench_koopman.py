@@ -1,6 +1,7 @@
 """SKD Koopman layer per training step: fit + eigendecomposition + spectral loss (+ backward).
 
-Cases (float32, T = 8 frames, batch B sequences of k-dimensional latents):
+Cases (float32, T = 8 frames, batch B sequences of k-dimensional latents; on the CPU, and on CUDA
+when present, where the spectral terms run the Triton kernel):
 
 * ``koopman_fit``: C from (B, 8, k) latents. fastorals: normal equations + Cholesky (no host
   sync). Reference: ``torch.linalg.lstsq`` (the official layer). Peers: lstsq with the SVD
@@ -97,8 +98,9 @@ def _verify_grad(fast_out, other, name: str) -> None:
 
 
 def cases(mode: str, device: str):
-    if device != "cpu":
+    if device not in ("cpu", "cuda"):
         return
+    cuda = device == "cuda"
     sizes = {
         "smoke": [(32, 40)],
         "quick": [(32, 40), (128, 128), (512, 256)],
@@ -109,7 +111,7 @@ def cases(mode: str, device: str):
     except ImportError:  # pragma: no cover
         sla = None
     for b, k in sizes:
-        z = _latents(b, k)
+        z = _latents(b, k).to(device)
         n = b * (T - 1)
         X = z[:, :-1].reshape(n, k).contiguous()
         Y = z[:, 1:].reshape(n, k).contiguous()
@@ -117,39 +119,43 @@ def cases(mode: str, device: str):
             "torch.lstsq(gelsd)": lambda X=X, Y=Y: torch.linalg.lstsq(X, Y, driver="gelsd").solution,
             "pinv(X)@Y": lambda X=X, Y=Y: torch.linalg.pinv(X) @ Y,
         }
-        if sla is not None:
+        if sla is not None and not cuda:
             Xn, Yn = X.numpy(), Y.numpy()
             peers["scipy.lstsq"] = lambda Xn=Xn, Yn=Yn: torch.from_numpy(sla.lstsq(Xn, Yn, check_finite=False)[0])
         yield Case(
-            op="koopman_fit", shape=f"B{b}xT{T}xk{k}", dtype="float32", device="cpu",
+            op="koopman_fit", shape=f"B{b}xT{T}xk{k}", dtype="float32", device=device,
             fast={"fastorals": lambda z=z: fit_koopman(z)},
             reference=lambda z=z: fit_koopman_reference(z)[0],
-            peers=peers, backend="cpp" if _ext.HAS_EXT and k <= kops.CPP_FIT_MAX_K else "torch",
+            peers=peers, backend="cpp" if not cuda and _ext.HAS_EXT and k <= kops.CPP_FIT_MAX_K else "torch",
             flops=4.0 * n * k * k + 3.0 * k**3, verify=_verify_fit,
             note="reference = torch.linalg.lstsq (default driver), as the official layer",
         )
         yield Case(
-            op="koopman_step", shape=f"B{b}xT{T}xk{k}", dtype="float32", device="cpu",
+            op="koopman_step", shape=f"B{b}xT{T}xk{k}", dtype="float32", device=device,
             fast={"fastorals": lambda z=z: _step_fast(z)},
             reference=lambda z=z: _step_reference(z),
             peers={"official-style": lambda z=z: _step_official(z)},
-            backend="cpp" if _ext.HAS_EXT else "torch", verify=_verify_grad,
+            backend="triton" if cuda else ("cpp" if _ext.HAS_EXT else "torch"), verify=_verify_grad,
             note="fit + eigvals + split + static/dynamic loss + backward to the latents",
         )
     m_list = {"smoke": [(64, 40)], "quick": [(256, 40), (64, 256)], "full": [(256, 40), (1024, 40), (64, 256)]}[mode]
     for m, k in m_list:
         g = torch.Generator().manual_seed(m + k)
-        lam = torch.linalg.eigvals(torch.randn(m, k, k, generator=g) / k**0.5)
+        lam = torch.linalg.eigvals(torch.randn(m, k, k, generator=g) / k**0.5).to(device)
 
         def run(backend: str, lam=lam):
             with _ext.use_backend(backend):
                 return eigenvalue_loss(lam, 7, reduction="none")
 
-        fast = {"fastorals-cpp": lambda: run("cpp")} if _ext.HAS_EXT else {}
+        if cuda:
+            fast = {"fastorals-triton": lambda: run("triton")}
+        else:
+            fast = {"fastorals-cpp": lambda: run("cpp")} if _ext.HAS_EXT else {}
         fast["fastorals-torch"] = lambda: run("torch")
         yield Case(
-            op="spectral_terms", shape=f"M{m}xk{k}", dtype="complex64", device="cpu", fast=fast,
-            reference=lambda lam=lam: run("reference"), backend="cpp" if _ext.HAS_EXT else "torch",
+            op="spectral_terms", shape=f"M{m}xk{k}", dtype="complex64", device=device, fast=fast,
+            reference=lambda lam=lam: run("reference"),
+            backend={name: name.removeprefix("fastorals-") for name in fast},
             verify=lambda a, b_, name: torch.testing.assert_close(a, b_, atol=1e-5, rtol=1e-4),
             note="conjugate-aware static/dynamic split + both penalties + gradients, per spectrum",
         )
