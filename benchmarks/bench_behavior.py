@@ -7,7 +7,8 @@ k-means peers, all from the same initial centres and for the same number of Lloy
 * ``official-loop``: the loop structure of the original BeT code (minGPT's k-means): a broadcast
   ``(N, K, D)`` distance tensor, then one Python-level mean per cluster, re-created here.
 
-The loss is compared with its reference (``F.log_softmax`` + gather + focal + MSE with autograd),
+On CUDA the fast path is the Triton kernels (scikit-learn still runs on the host CPU, the
+official loop on the GPU). The loss is compared with its reference (``F.log_softmax`` + gather + focal + MSE with autograd),
 which is what the original code computes.
 """
 
@@ -60,15 +61,15 @@ def _verify_kmeans(fast, other, name):
         # float32 distances: a few near-tie points go the other way, and over tens of Lloyd
         # iterations the two trajectories drift apart (measured: 92.8% equal labels after 50
         # iterations at 1e5 x 16, K = 64) to solutions of the same quality (inertia within 1.3e-5)
-        agree = float((fast.labels.numpy() == other.labels_).mean())
+        agree = float((fast.labels.cpu().numpy() == other.labels_).mean())
         rel = abs(fast.inertia - float(other.inertia_)) / max(float(other.inertia_), 1e-30)
         assert agree > 0.995 or rel < 1e-3, f"sklearn agrees on {agree:.5f} of the labels, inertia differs by {rel:.2e}"
-        np.testing.assert_allclose(fast.centers.numpy(), other.cluster_centers_, rtol=0, atol=0.05)
+        np.testing.assert_allclose(fast.centers.cpu().numpy(), other.cluster_centers_, rtol=0, atol=0.05)
     elif name == "official-loop":
         torch.testing.assert_close(fast.centers, other, rtol=0, atol=0.05)
 
 
-def _kmeans_cases(mode: str):
+def _kmeans_cases(mode: str, device: str):
     sizes = {
         "smoke": [(5_000, 8, 24, 3)],
         "quick": [(100_000, 2, 24, 20), (100_000, 16, 32, 20), (1_000_000, 8, 64, 20)],
@@ -78,18 +79,21 @@ def _kmeans_cases(mode: str):
         g = torch.Generator().manual_seed(n + d + k)
         x = torch.randn(n, d, generator=g)
         init = x[torch.randperm(n, generator=g)[:k]].clone()
-        fast = {"fastorals": _ours("cpp", x, init, iters)} if fastorals._ext.HAS_EXT else {}
+        x_np, init_np = x.numpy(), init.numpy()
+        x, init = x.to(device), init.to(device)
+        fast_backend = "triton" if device == "cuda" else "cpp"
+        fast = {"fastorals": _ours(fast_backend, x, init, iters)} if device == "cuda" or fastorals._ext.HAS_EXT else {}
         fast["fastorals-torch"] = _ours("torch", x, init, iters)
         skip = {}
         if n * k * d > 60_000_000:
             skip["official-loop"] = "broadcast (N, K, D) distance tensor: several GB"
         if n * k * d * iters > 300_000_000:
             skip["reference"] = "float64 per-dimension reference: minutes at this size"
-        peers = {"sklearn-lloyd": _sklearn(x.numpy(), init.numpy(), iters),
+        peers = {"sklearn-lloyd": _sklearn(x_np, init_np, iters),  # on the host CPU
                  "official-loop": (lambda x=x, init=init, iters=iters: official_loop_kmeans(x, init, iters))}
-        yield Case(op="kmeans", shape=f"{n}x{d} K={k} iters={iters}", dtype="float32", device="cpu", fast=fast,
+        yield Case(op="kmeans", shape=f"{n}x{d} K={k} iters={iters}", dtype="float32", device=device, fast=fast,
                    reference=_ours("reference", x, init, iters), peers=peers,
-                   backend={"fastorals": "cpp", "fastorals-torch": "torch"},
+                   backend={"fastorals": fast_backend, "fastorals-torch": "torch"},
                    flops=2.0 * n * k * d * (iters + 1), bytes=4.0 * n * d * (iters + 1), verify=_verify_kmeans,
                    skip=skip, max_time_s=4.0, note="same init, same iterations")
 
@@ -110,7 +114,7 @@ def _verify_loss(fast, other, name):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
 
 
-def _loss_cases(mode: str):
+def _loss_cases(mode: str, device: str):
     shapes = {
         "smoke": [(64, 10, 24, 2)],
         "quick": [(64, 10, 24, 9), (256, 10, 64, 2), (1024, 10, 64, 7)],
@@ -122,20 +126,22 @@ def _loss_cases(mode: str):
         o = torch.randn(B, T, K, A, generator=g)
         b = torch.randint(0, K, (B, T), generator=g)
         r = torch.randn(B, T, A, generator=g)
-        fast = {"fastorals": _loss_fn("cpp", z, o, b, r)} if fastorals._ext.HAS_EXT else {}
+        z, o, b, r = (t.to(device) for t in (z, o, b, r))
+        fast_backend = "triton" if device == "cuda" else "cpp"
+        fast = {"fastorals": _loss_fn(fast_backend, z, o, b, r)} if device == "cuda" or fastorals._ext.HAS_EXT else {}
         fast["fastorals-torch"] = _loss_fn("torch", z, o, b, r)
         M = B * T
-        yield Case(op="bet_loss fwd+bwd", shape=f"B={B} T={T} K={K} A={A}", dtype="float32", device="cpu",
-                   fast=fast, reference=_loss_fn("reference", z, o, b, r), backend={"fastorals": "cpp",
-                                                                                   "fastorals-torch": "torch"},
+        yield Case(op="bet_loss fwd+bwd", shape=f"B={B} T={T} K={K} A={A}", dtype="float32", device=device,
+                   fast=fast, reference=_loss_fn("reference", z, o, b, r),
+                   backend={"fastorals": fast_backend, "fastorals-torch": "torch"},
                    bytes=4.0 * M * (2 * K + K * A + 2 * A), verify=_verify_loss, max_time_s=2.0)
 
 
 def cases(mode: str, device: str):
-    if device != "cpu":
+    if device not in ("cpu", "cuda"):
         return
-    yield from _kmeans_cases(mode)
-    yield from _loss_cases(mode)
+    yield from _kmeans_cases(mode, device)
+    yield from _loss_cases(mode, device)
 
 
 SUITE = Suite("behavior", cases, "k-means (vs scikit-learn, official loop) and the fused BeT loss")
