@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import fastorals
-from benchmarks.harness import Case, Suite
+from benchmarks.harness import Case, Suite, native_backend
 from fastorals.behavior import bet_loss, kmeans
 
 
@@ -81,8 +81,8 @@ def _kmeans_cases(mode: str, device: str):
         init = x[torch.randperm(n, generator=g)[:k]].clone()
         x_np, init_np = x.numpy(), init.numpy()
         x, init = x.to(device), init.to(device)
-        fast_backend = "triton" if device == "cuda" else "cpp"
-        fast = {"fastorals": _ours(fast_backend, x, init, iters)} if device == "cuda" or fastorals._ext.HAS_EXT else {}
+        nb = native_backend(device)
+        fast = {"fastorals": _ours(nb, x, init, iters)} if nb else {}
         fast["fastorals-torch"] = _ours("torch", x, init, iters)
         skip = {}
         if n * k * d > 60_000_000:
@@ -93,7 +93,7 @@ def _kmeans_cases(mode: str, device: str):
                  "official-loop": (lambda x=x, init=init, iters=iters: official_loop_kmeans(x, init, iters))}
         yield Case(op="kmeans", shape=f"{n}x{d} K={k} iters={iters}", dtype="float32", device=device, fast=fast,
                    reference=_ours("reference", x, init, iters), peers=peers,
-                   backend={"fastorals": fast_backend, "fastorals-torch": "torch"},
+                   backend={"fastorals": nb, "fastorals-torch": "torch"},
                    flops=2.0 * n * k * d * (iters + 1), bytes=4.0 * n * d * (iters + 1), verify=_verify_kmeans,
                    skip=skip, max_time_s=4.0, note="same init, same iterations")
 
@@ -127,13 +127,13 @@ def _loss_cases(mode: str, device: str):
         b = torch.randint(0, K, (B, T), generator=g)
         r = torch.randn(B, T, A, generator=g)
         z, o, b, r = (t.to(device) for t in (z, o, b, r))
-        fast_backend = "triton" if device == "cuda" else "cpp"
-        fast = {"fastorals": _loss_fn(fast_backend, z, o, b, r)} if device == "cuda" or fastorals._ext.HAS_EXT else {}
+        nb = native_backend(device)
+        fast = {"fastorals": _loss_fn(nb, z, o, b, r)} if nb else {}
         fast["fastorals-torch"] = _loss_fn("torch", z, o, b, r)
         M = B * T
         yield Case(op="bet_loss fwd+bwd", shape=f"B={B} T={T} K={K} A={A}", dtype="float32", device=device,
                    fast=fast, reference=_loss_fn("reference", z, o, b, r),
-                   backend={"fastorals": fast_backend, "fastorals-torch": "torch"},
+                   backend={"fastorals": nb, "fastorals-torch": "torch"},
                    bytes=4.0 * M * (2 * K + K * A + 2 * A), verify=_verify_loss, max_time_s=2.0)
 
 

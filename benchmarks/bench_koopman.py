@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.harness import Case, Suite
+from benchmarks.harness import Case, Suite, native_backend
 from fastorals import _ext
 from fastorals.koopman import eigenvalue_loss, fit_koopman
 from fastorals.koopman import ops as kops
@@ -147,10 +147,8 @@ def cases(mode: str, device: str):
             with _ext.use_backend(backend):
                 return eigenvalue_loss(lam, 7, reduction="none")
 
-        if cuda:
-            fast = {"fastorals-triton": lambda: run("triton")}
-        else:
-            fast = {"fastorals-cpp": lambda: run("cpp")} if _ext.HAS_EXT else {}
+        nb = native_backend(device)
+        fast = {f"fastorals-{nb}": lambda nb=nb: run(nb)} if nb else {}
         fast["fastorals-torch"] = lambda: run("torch")
         yield Case(
             op="spectral_terms", shape=f"M{m}xk{k}", dtype="complex64", device=device, fast=fast,

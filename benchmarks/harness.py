@@ -96,6 +96,16 @@ class Suite:
 # ------------------------------------------------------------------------------ timing
 
 
+def native_backend(device: str) -> Optional[str]:
+    """The compiled fast path a suite times on ``device``: ``"triton"`` on CUDA, ``"cpp"`` on the
+    CPU when the extension is loaded, else None (only the PyTorch paths can run)."""
+    if device.startswith("cuda"):
+        return "triton"
+    from fastorals import _ext
+
+    return "cpp" if _ext.HAS_EXT else None
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
