@@ -175,7 +175,7 @@ def _verify(fast_out, other, name, level: float = 0.0):
     """CPU: exactly equal. CUDA (``level`` = one intensity level in output units): the device's
     sin/cos may round differently in rare pixels, so the acceptance bar is within one level on
     >= 99% of the values."""
-    if name == "reference" or name.startswith("fastorals"):
+    if name == "reference" or name.startswith(("fastorals", "kernel")):
         a, b = fast_out.cpu(), other.cpu()
         if fast_out.device.type == "cpu" or level == 0.0:
             assert torch.equal(a, b), f"{name} differs from the fast path"
@@ -192,6 +192,19 @@ def _fast(aug, images, strengths, seed, threads: Optional[int] = None):
             return aug(images, strengths, torch.Generator().manual_seed(seed))
 
     return run
+
+
+def _kernel(images: torch.Tensor, d: _Draws, tiles: Optional[int]):
+    """The Triton kernels alone on drawn chains: ``tiles`` programs per image (None: the op's rule)."""
+    from fastorals.augment import triton as T
+
+    dev = images.device
+    b, _, h, w = images.shape
+    args = (images, d.chains.ops.to(dev, torch.int32), d.values.to(dev, torch.float64), d.pipe.crop.to(dev, torch.int32),
+            d.pipe.flip.to(dev, torch.uint8), d.pipe.cutout.to(dev, torch.int32), MEAN.to(dev, torch.float32),
+            STD.to(dev, torch.float32), True)
+    n = T.tiles_per_image(b, h, w) if tiles is None else tiles
+    return lambda: T.apply_chains(*args, tiles=n)
 
 
 def cases(mode: str, device: str):
@@ -216,6 +229,9 @@ def cases(mode: str, device: str):
             fast = {"fastorals": _fast(aug, images, strengths, seed)}
             if device == "cpu":
                 fast["fastorals-1t"] = _fast(aug, images, strengths, seed, threads=1)
+            elif size > 32:  # the two kernel paths on the same draws (sampling excluded)
+                fast["kernel-tiled"] = _kernel(images, d, None)
+                fast["kernel-1prog"] = _kernel(images, d, 1)
             peers = {}
             skip = {}
             if kornia_missing:
@@ -225,7 +241,8 @@ def cases(mode: str, device: str):
             yield Case(
                 op="augment_chain", name=f"{size}px-{n}ops", shape=f"{batch}x3x{size}x{size}", dtype="uint8",
                 device=device, fast=fast, reference=ref, peers=peers,
-                backend={"fastorals": "cpp" if device == "cpu" else "triton", "fastorals-1t": "cpp"},
+                backend={"fastorals": "cpp" if device == "cpu" else "triton", "fastorals-1t": "cpp",
+                         "kernel-tiled": "triton", "kernel-1prog": "triton"},
                 bytes=images.numel() * 5.0,  # uint8 in, float32 out
                 verify=verify, skip=skip, max_time_s=3.0 if size == 224 else 2.0,
                 note=f"per-sample chains of {n} ops at level {n}; crop 4, flip, cutout 16, normalize",

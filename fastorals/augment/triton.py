@@ -1,7 +1,11 @@
-"""Triton kernel: the whole batch in one launch, one program per image (GPU; CPU under
-``TRITON_INTERPRET=1``).
+"""Triton kernels for per-sample chains (GPU; CPU under ``TRITON_INTERPRET=1``), two paths with
+the same op code and the same bytes (:func:`apply_chains`, :func:`tiles_per_image`):
 
-Each program loads its image (random crop with zero padding and flip fused into the load) into
+* small images: the whole batch in one launch, one program per image;
+* larger images: a ``(B, tiles)`` grid, one launch per pass of each chain position, so a batch
+  smaller than the device's SM count still fills it (see the tiled kernels below).
+
+In the one-program path each program loads its image (random crop with zero padding and flip fused into the load) into
 a ping-pong pair of global scratch images, runs its chain op by op over tiles of ``BLOCK``
 pixels with a CTA barrier between ops, and writes uint8 or ``(x / 255 - mean) / std`` float32
 with its Cutout box. Op families:
@@ -76,7 +80,7 @@ def _lanczos(x):
 
 
 @triton.jit
-def _geometric(src, dst, C, H, W, kind, a0, a1, a2, a3, a4, a5, BLOCK: tl.constexpr):
+def _geometric(src, dst, C, H, W, kind, a0, a1, a2, a3, a4, a5, t0, tstep, BLOCK: tl.constexpr):
     HW = H * W
     Wf = W.to(tl.float64)
     Hf = H.to(tl.float64)
@@ -92,7 +96,7 @@ def _geometric(src, dst, C, H, W, kind, a0, a1, a2, a3, a4, a5, BLOCK: tl.conste
     f4 = tl.floor(a4 * 65536.0 + 0.5).to(tl.int32)
     f2 = tl.floor((a2 + a0 * 0.5 + a1 * 0.5) * 65536.0 + 0.5).to(tl.int32)
     f5 = tl.floor((a5 + a3 * 0.5 + a4 * 0.5) * 65536.0 + 0.5).to(tl.int32)
-    for t in range(0, tl.cdiv(HW, BLOCK)):
+    for t in range(t0, tl.cdiv(HW, BLOCK), tstep):
         offs = t * BLOCK + tl.arange(0, BLOCK)
         mask = offs < HW
         y = offs // W
@@ -140,9 +144,9 @@ def _geometric(src, dst, C, H, W, kind, a0, a1, a2, a3, a4, a5, BLOCK: tl.conste
 
 @triton.jit
 def _filter3x3(src, dst, C, H, W, alpha,
-               k0, k1, k2, k3, k4, k5, k6, k7, k8, SHARPEN: tl.constexpr, BLOCK: tl.constexpr):
+               k0, k1, k2, k3, k4, k5, k6, k7, k8, t0, tstep, SHARPEN: tl.constexpr, BLOCK: tl.constexpr):
     HW = H * W
-    for t in range(0, tl.cdiv(HW, BLOCK)):
+    for t in range(t0, tl.cdiv(HW, BLOCK), tstep):
         offs = t * BLOCK + tl.arange(0, BLOCK)
         mask = offs < HW
         y = offs // W
@@ -173,7 +177,7 @@ def _filter3x3(src, dst, C, H, W, alpha,
 
 
 @triton.jit
-def _box_pass(src, dst, C, H, W, r, ww, fw, HORIZ: tl.constexpr, BLOCK: tl.constexpr):
+def _box_pass(src, dst, C, H, W, r, ww, fw, t0, tstep, HORIZ: tl.constexpr, BLOCK: tl.constexpr):
     """One extended box blur pass (ImagingLineBoxBlur8) along rows (HORIZ) or columns."""
     HW = H * W
     if HORIZ:
@@ -183,7 +187,7 @@ def _box_pass(src, dst, C, H, W, r, ww, fw, HORIZ: tl.constexpr, BLOCK: tl.const
         n = H
         stride = W
     rr = tl.minimum(r, n - 1)
-    for t in range(0, tl.cdiv(HW, BLOCK)):
+    for t in range(t0, tl.cdiv(HW, BLOCK), tstep):
         offs = t * BLOCK + tl.arange(0, BLOCK)
         mask = offs < HW
         y = offs // W
@@ -211,7 +215,8 @@ def _box_pass(src, dst, C, H, W, r, ww, fw, HORIZ: tl.constexpr, BLOCK: tl.const
 
 
 @triton.jit
-def _resize_pass(src, dst, C, H, W, in_size, out_size, o0, HORIZ: tl.constexpr, BLOCK: tl.constexpr):
+def _resize_pass(src, dst, C, H, W, in_size, out_size, o0, t0, tstep, HORIZ: tl.constexpr,
+                 BLOCK: tl.constexpr):
     """One Lanczos pass (Resample.c) producing the crop's pixels along one axis."""
     HW = H * W
     scale = in_size.to(tl.float64) / out_size.to(tl.float64)
@@ -220,7 +225,7 @@ def _resize_pass(src, dst, C, H, W, in_size, out_size, o0, HORIZ: tl.constexpr, 
     inv = 1.0 / filterscale
     ks = tl.ceil(support).to(tl.int32) * 2 + 1
     same = in_size == out_size
-    for t in range(0, tl.cdiv(HW, BLOCK)):
+    for t in range(t0, tl.cdiv(HW, BLOCK), tstep):
         offs = t * BLOCK + tl.arange(0, BLOCK)
         mask = offs < HW
         y = offs // W
@@ -260,45 +265,58 @@ def _resize_pass(src, dst, C, H, W, in_size, out_size, o0, HORIZ: tl.constexpr, 
 
 
 @triton.jit
-def _hist_lut(buf, lut, C, HW, EQUALIZE: tl.constexpr, BLOCK: tl.constexpr):
-    """AutoContrast / Equalize: per-channel histogram, table in registers, stored to ``lut``."""
-    idx = tl.arange(0, 256)
-    for c in range(0, C):
-        h = tl.zeros([256], dtype=tl.int32)
-        for t in range(0, tl.cdiv(HW, BLOCK)):
-            offs = t * BLOCK + tl.arange(0, BLOCK)
-            mask = offs < HW
-            v = tl.load(buf + c * HW + offs, mask=mask, other=0).to(tl.int32)
-            h += tl.histogram(v, 256, mask=mask)
-        nz = h > 0
-        lo = tl.min(tl.where(nz, idx, 256), axis=0)
-        hi = tl.max(tl.where(nz, idx, -1), axis=0)
-        if EQUALIZE:
-            total = tl.sum(h, axis=0)
-            h_last = tl.sum(tl.where(idx == hi, h, 0), axis=0)
-            count = tl.sum(nz.to(tl.int32), axis=0)
-            step = (total - h_last) // 255
-            step_safe = tl.maximum(step, 1)
-            n = step // 2 + tl.cumsum(h, axis=0) - h
-            table = tl.minimum(n // step_safe, 255)
-            table = tl.where((count <= 1) | (step == 0), idx, table)
-        else:
-            span = tl.maximum(hi - lo, 1)
-            scale = 255.0 / span.to(tl.float64)
-            offset = (-lo).to(tl.float64) * scale
-            table = (idx.to(tl.float64) * scale + offset).to(tl.int32)
-            table = tl.minimum(tl.maximum(table, 0), 255)
-            table = tl.where(hi <= lo, idx, table)
-        tl.store(lut + c * 256 + idx, table)
+def _hist_of(plane, HW, t0, tstep, BLOCK: tl.constexpr):
+    """Histogram (int32 [256]) of the pixels of one plane in tiles t0, t0 + tstep, ..."""
+    h = tl.zeros([256], dtype=tl.int32)
+    for t in range(t0, tl.cdiv(HW, BLOCK), tstep):
+        offs = t * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < HW
+        v = tl.load(plane + offs, mask=mask, other=0).to(tl.int32)
+        h += tl.histogram(v, 256, mask=mask)
+    return h
 
 
 @triton.jit
-def _pointwise(buf, lut, C, HW, op, v, mean_int, BLOCK: tl.constexpr):
+def _table(h, EQUALIZE: tl.constexpr):
+    """The AutoContrast (cutoff 0) or Equalize lookup table (int32 [256]) of a histogram."""
+    idx = tl.arange(0, 256)
+    nz = h > 0
+    lo = tl.min(tl.where(nz, idx, 256), axis=0)
+    hi = tl.max(tl.where(nz, idx, -1), axis=0)
+    if EQUALIZE:
+        total = tl.sum(h, axis=0)
+        h_last = tl.sum(tl.where(idx == hi, h, 0), axis=0)
+        count = tl.sum(nz.to(tl.int32), axis=0)
+        step = (total - h_last) // 255
+        step_safe = tl.maximum(step, 1)
+        n = step // 2 + tl.cumsum(h, axis=0) - h
+        table = tl.minimum(n // step_safe, 255)
+        table = tl.where((count <= 1) | (step == 0), idx, table)
+    else:
+        span = tl.maximum(hi - lo, 1)
+        scale = 255.0 / span.to(tl.float64)
+        offset = (-lo).to(tl.float64) * scale
+        table = (idx.to(tl.float64) * scale + offset).to(tl.int32)
+        table = tl.minimum(tl.maximum(table, 0), 255)
+        table = tl.where(hi <= lo, idx, table)
+    return table
+
+
+@triton.jit
+def _hist_lut(buf, lut, C, HW, EQUALIZE: tl.constexpr, BLOCK: tl.constexpr):
+    """AutoContrast / Equalize of a whole image: per-channel histogram, table stored to ``lut``."""
+    idx = tl.arange(0, 256)
+    for c in range(0, C):
+        tl.store(lut + c * 256 + idx, _table(_hist_of(buf + c * HW, HW, 0, 1, BLOCK), EQUALIZE))
+
+
+@triton.jit
+def _pointwise(buf, lut, C, HW, op, v, mean_int, t0, tstep, BLOCK: tl.constexpr):
     """In-place per-pixel ops (op ids of opset); ``lut`` for AutoContrast/Equalize."""
     alpha = v.to(tl.float32)
     bits = tl.minimum(tl.maximum(tl.floor(v), 1.0), 8.0).to(tl.int32)
     pmask = (255 - ((1 << (8 - bits)) - 1)) & 255
-    for t in range(0, tl.cdiv(HW, BLOCK)):
+    for t in range(t0, tl.cdiv(HW, BLOCK), tstep):
         offs = t * BLOCK + tl.arange(0, BLOCK)
         mask = offs < HW
         if op == 14:  # Color (C == 3): blend(L(rgb), rgb, alpha)
@@ -333,10 +351,10 @@ def _pointwise(buf, lut, C, HW, op, v, mean_int, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _gray_mean(buf, C, HW, BLOCK: tl.constexpr):
-    """int(mean of the L image + 0.5), as ImageEnhance.Contrast."""
+def _gray_sum(buf, C, HW, t0, tstep, BLOCK: tl.constexpr):
+    """Sum (int64) of the L image (ITU-R 601-2 luma, Pillow's rounding) over tiles t0, t0 + tstep, ..."""
     total = tl.zeros([BLOCK], dtype=tl.int64)
-    for t in range(0, tl.cdiv(HW, BLOCK)):
+    for t in range(t0, tl.cdiv(HW, BLOCK), tstep):
         offs = t * BLOCK + tl.arange(0, BLOCK)
         mask = offs < HW
         r = tl.load(buf + offs, mask=mask, other=0).to(tl.int32)
@@ -345,35 +363,46 @@ def _gray_mean(buf, C, HW, BLOCK: tl.constexpr):
             b = tl.load(buf + 2 * HW + offs, mask=mask, other=0).to(tl.int32)
             r = (r * 19595 + g * 38470 + b * 7471 + 32768) >> 16
         total += tl.where(mask, r, 0).to(tl.int64)
-    s = tl.sum(total, axis=0)
-    mean = s.to(tl.float64) / HW.to(tl.float64)
+    return tl.sum(total, axis=0)
+
+
+@triton.jit
+def _mean_int(total, HW):
+    """int(mean of the L image + 0.5), as ImageEnhance.Contrast."""
+    mean = total.to(tl.float64) / HW.to(tl.float64)
     return (mean + 0.5).to(tl.int32)
 
 
 @triton.jit
-def _augment_kernel(
-    img_ptr, ops_ptr, val_ptr, geo_ptr, crop_ptr, flip_ptr, cut_ptr, mean_ptr, std_ptr,
-    buf_ptr, lut_ptr, out_ptr, K, C, H, W,
-    e0, e1, e2, e3, e4, e5, e6, e7, e8,
-    d0, d1, d2, d3, d4, d5, d6, d7, d8,
-    s0, s1, s2, s3, s4, s5, s6, s7, s8,
-    FLOAT_OUT: tl.constexpr, BLOCK: tl.constexpr,
-):
-    # float scalars: fp32 as in eager Triton (torch.compile passes Python floats as fp64)
-    e0, e1, e2, e3, e4, e5, e6, e7, e8 = _f32x9(e0, e1, e2, e3, e4, e5, e6, e7, e8)
-    d0, d1, d2, d3, d4, d5, d6, d7, d8 = _f32x9(d0, d1, d2, d3, d4, d5, d6, d7, d8)
-    s0, s1, s2, s3, s4, s5, s6, s7, s8 = _f32x9(s0, s1, s2, s3, s4, s5, s6, s7, s8)
-    b = tl.program_id(0).to(tl.int64)
+def _blur_params(v):
+    """Pillow's GaussianBlur radius -> (active, box radius r, 24-bit weights ww and fw) of its box passes."""
+    rad = v.to(tl.float32)
+    sigma2 = tl.math.div_rn(rad * rad, 3.0)
+    big_l = tl.sqrt(12.0 * sigma2.to(tl.float64) + 1.0).to(tl.float32)
+    small_l = tl.floor((big_l.to(tl.float64) - 1.0) / 2.0).to(tl.float32)
+    a = (2.0 * small_l + 1.0) * (small_l * (small_l + 1.0) - 3.0 * sigma2)
+    a = tl.math.div_rn(a, 6.0 * (sigma2 - (small_l + 1.0) * (small_l + 1.0)))
+    rf = small_l + a
+    active = (rad != 0.0) & (rf != 0.0)
+    r = rf.to(tl.int32)
+    ww = tl.math.div_rn(16777216.0, rf * 2.0 + 1.0).to(tl.int64)
+    fw = (16777216 - (2 * r + 1).to(tl.int64) * ww) // 2
+    return active, r, ww, fw
+
+
+@triton.jit
+def _resize_sizes(H, W, v):
+    """ResizeCrop's intermediate size (h2, w2) and whether it changes the image."""
+    w2 = tl.maximum((W.to(tl.float64) * v).to(tl.int32), 1)
+    h2 = tl.maximum((H.to(tl.float64) * v).to(tl.int32), 1)
+    return h2, w2, (w2 != W) | (h2 != H)
+
+
+@triton.jit
+def _load_tiles(img, buf0, C, H, W, dy, dx, fl, t0, tstep, BLOCK: tl.constexpr):
+    """Crop with zero padding, then mirror: ``img`` -> ``buf0`` over tiles t0, t0 + tstep, ..."""
     HW = H * W
-    CHW = C * HW
-    img = img_ptr + b * CHW
-    buf0 = buf_ptr + b * 2 * CHW
-    lut = lut_ptr + b * C * 256
-    # ---- load: crop with zero padding, then mirror
-    dy = tl.load(crop_ptr + b * 2)
-    dx = tl.load(crop_ptr + b * 2 + 1)
-    fl = tl.load(flip_ptr + b)
-    for t in range(0, tl.cdiv(HW, BLOCK)):
+    for t in range(t0, tl.cdiv(HW, BLOCK), tstep):
         offs = t * BLOCK + tl.arange(0, BLOCK)
         mask = offs < HW
         y = offs // W
@@ -385,86 +414,14 @@ def _augment_kernel(
         for c in range(0, C):
             v = tl.load(img + c * HW + sy * W + sx, mask=valid, other=0)
             tl.store(buf0 + c * HW + offs, v, mask=mask)
-    tl.debug_barrier()
-    cur = 0
-    for k in range(0, K):
-        op = tl.load(ops_ptr + b * K + k)
-        v = tl.load(val_ptr + b * K + k)
-        g = geo_ptr + (b * K + k) * 8
-        src = buf0 + cur * CHW
-        dst = buf0 + (1 - cur) * CHW
-        if (op == 0) | (op == 1) | (op == 10) | (op >= 18):  # Flip, Mirror, Rotate, Shear, Translate
-            kind = tl.load(g).to(tl.int32)
-            if kind >= 0:
-                _geometric(src, dst, C, H, W, kind, tl.load(g + 1), tl.load(g + 2), tl.load(g + 3),
-                           tl.load(g + 4), tl.load(g + 5), tl.load(g + 6), BLOCK)
-                cur = 1 - cur
-        elif (op == 2) | (op == 3) | (op == 4) | (op == 17):  # EdgeEnhance, Detail, Smooth, Sharpness
-            if (H >= 3) & (W >= 3):
-                if op == 2:
-                    _filter3x3(src, dst, C, H, W, 0.0, e0, e1, e2, e3, e4, e5, e6, e7, e8, False, BLOCK)
-                elif op == 3:
-                    _filter3x3(src, dst, C, H, W, 0.0, d0, d1, d2, d3, d4, d5, d6, d7, d8, False, BLOCK)
-                elif op == 4:
-                    _filter3x3(src, dst, C, H, W, 0.0, s0, s1, s2, s3, s4, s5, s6, s7, s8, False, BLOCK)
-                else:
-                    _filter3x3(src, dst, C, H, W, v.to(tl.float32), s0, s1, s2, s3, s4, s5, s6, s7, s8,
-                               True, BLOCK)
-                cur = 1 - cur
-        elif op == 8:  # GaussianBlur: 3 horizontal + 3 vertical extended box passes
-            rad = v.to(tl.float32)
-            sigma2 = tl.math.div_rn(rad * rad, 3.0)
-            big_l = tl.sqrt(12.0 * sigma2.to(tl.float64) + 1.0).to(tl.float32)
-            small_l = tl.floor((big_l.to(tl.float64) - 1.0) / 2.0).to(tl.float32)
-            a = (2.0 * small_l + 1.0) * (small_l * (small_l + 1.0) - 3.0 * sigma2)
-            a = tl.math.div_rn(a, 6.0 * (sigma2 - (small_l + 1.0) * (small_l + 1.0)))
-            rf = small_l + a
-            if (rad != 0.0) & (rf != 0.0):
-                r = rf.to(tl.int32)
-                ww = tl.math.div_rn(16777216.0, rf * 2.0 + 1.0).to(tl.int64)
-                fw = (16777216 - (2 * r + 1).to(tl.int64) * ww) // 2
-                _box_pass(src, dst, C, H, W, r, ww, fw, True, BLOCK)
-                tl.debug_barrier()
-                _box_pass(dst, src, C, H, W, r, ww, fw, True, BLOCK)
-                tl.debug_barrier()
-                _box_pass(src, dst, C, H, W, r, ww, fw, True, BLOCK)
-                tl.debug_barrier()
-                _box_pass(dst, src, C, H, W, r, ww, fw, False, BLOCK)
-                tl.debug_barrier()
-                _box_pass(src, dst, C, H, W, r, ww, fw, False, BLOCK)
-                tl.debug_barrier()
-                _box_pass(dst, src, C, H, W, r, ww, fw, False, BLOCK)
-        elif op == 9:  # ResizeCrop: horizontal pass into dst, vertical pass back into src
-            w2 = tl.maximum((W.to(tl.float64) * v).to(tl.int32), 1)
-            h2 = tl.maximum((H.to(tl.float64) * v).to(tl.int32), 1)
-            if (w2 != W) | (h2 != H):
-                _resize_pass(src, dst, C, H, W, W, w2, w2 // 2 - W // 2, True, BLOCK)
-                tl.debug_barrier()
-                _resize_pass(dst, src, C, H, W, H, h2, h2 // 2 - H // 2, False, BLOCK)
-        elif (op == 5) | (op == 6):  # AutoContrast, Equalize
-            if op == 5:
-                _hist_lut(src, lut, C, HW, False, BLOCK)
-            else:
-                _hist_lut(src, lut, C, HW, True, BLOCK)
-            tl.debug_barrier()
-            _pointwise(src, lut, C, HW, op, v, op * 0, BLOCK)
-        elif op == 15:  # Contrast
-            m = _gray_mean(src, C, HW, BLOCK)
-            _pointwise(src, lut, C, HW, op, v, m, BLOCK)
-        elif op == 14:  # Color
-            if C == 3:
-                _pointwise(src, lut, C, HW, op, v, op * 0, BLOCK)
-        elif op >= 7:  # Invert, Posterize, Solarize, SolarizeAdd, Brightness
-            _pointwise(src, lut, C, HW, op, v, op * 0, BLOCK)
-        tl.debug_barrier()
-    # ---- store: uint8, or ToTensor + Normalize; Cutout box
-    src = buf0 + cur * CHW
-    y1 = tl.load(cut_ptr + b * 4)
-    y2 = tl.load(cut_ptr + b * 4 + 1)
-    x1 = tl.load(cut_ptr + b * 4 + 2)
-    x2 = tl.load(cut_ptr + b * 4 + 3)
-    out = out_ptr + b * CHW
-    for t in range(0, tl.cdiv(HW, BLOCK)):
+
+
+@triton.jit
+def _store_tiles(src, out, mean_ptr, std_ptr, C, H, W, y1, y2, x1, x2, t0, tstep,
+                 FLOAT_OUT: tl.constexpr, BLOCK: tl.constexpr):
+    """uint8, or ToTensor + Normalize, with the Cutout box: ``src`` -> ``out`` over tiles t0, t0 + tstep, ..."""
+    HW = H * W
+    for t in range(t0, tl.cdiv(HW, BLOCK), tstep):
         offs = t * BLOCK + tl.arange(0, BLOCK)
         mask = offs < HW
         y = offs // W
@@ -480,6 +437,211 @@ def _augment_kernel(
                 tl.store(out + c * HW + offs, tl.math.div_rn(xf - mu, sd), mask=mask)
             else:
                 tl.store(out + c * HW + offs, tl.where(hole, 0, v8), mask=mask)
+
+
+@triton.jit
+def _single_pass_op(src, dst, lut, C, H, W, op, v, g, mean_int,
+                    e0, e1, e2, e3, e4, e5, e6, e7, e8, d0, d1, d2, d3, d4, d5, d6, d7, d8,
+                    s0, s1, s2, s3, s4, s5, s6, s7, s8, t0, tstep, BLOCK: tl.constexpr):
+    """Every op but GaussianBlur, ResizeCrop (multi-pass) and the table/mean computation of
+    AutoContrast, Equalize, Contrast (``lut`` and ``mean_int`` are given): geometric and 3x3 filter
+    ops write ``dst``, pointwise ops update ``src`` in place. Returns 1 if the image moved to ``dst``."""
+    HW = H * W
+    moved = 0
+    if (op == 0) | (op == 1) | (op == 10) | (op >= 18):  # Flip, Mirror, Rotate, Shear, Translate
+        kind = tl.load(g).to(tl.int32)
+        if kind >= 0:
+            _geometric(src, dst, C, H, W, kind, tl.load(g + 1), tl.load(g + 2), tl.load(g + 3),
+                       tl.load(g + 4), tl.load(g + 5), tl.load(g + 6), t0, tstep, BLOCK)
+            moved = 1
+    elif (op == 2) | (op == 3) | (op == 4) | (op == 17):  # EdgeEnhance, Detail, Smooth, Sharpness
+        if (H >= 3) & (W >= 3):
+            if op == 2:
+                _filter3x3(src, dst, C, H, W, 0.0, e0, e1, e2, e3, e4, e5, e6, e7, e8, t0, tstep, False, BLOCK)
+            elif op == 3:
+                _filter3x3(src, dst, C, H, W, 0.0, d0, d1, d2, d3, d4, d5, d6, d7, d8, t0, tstep, False, BLOCK)
+            elif op == 4:
+                _filter3x3(src, dst, C, H, W, 0.0, s0, s1, s2, s3, s4, s5, s6, s7, s8, t0, tstep, False, BLOCK)
+            else:
+                _filter3x3(src, dst, C, H, W, v.to(tl.float32), s0, s1, s2, s3, s4, s5, s6, s7, s8, t0, tstep,
+                           True, BLOCK)
+            moved = 1
+    elif op == 14:  # Color
+        if C == 3:
+            _pointwise(src, lut, C, HW, op, v, mean_int, t0, tstep, BLOCK)
+    elif (op >= 5) & (op != 8) & (op != 9):  # AutoContrast, Equalize, Invert, Posterize, Solarize(Add),
+        _pointwise(src, lut, C, HW, op, v, mean_int, t0, tstep, BLOCK)  # Contrast, Brightness
+    return moved
+
+
+@triton.jit
+def _augment_kernel(
+    img_ptr, ops_ptr, val_ptr, geo_ptr, crop_ptr, flip_ptr, cut_ptr, mean_ptr, std_ptr,
+    buf_ptr, lut_ptr, out_ptr, K, C, H, W,
+    e0, e1, e2, e3, e4, e5, e6, e7, e8,
+    d0, d1, d2, d3, d4, d5, d6, d7, d8,
+    s0, s1, s2, s3, s4, s5, s6, s7, s8,
+    FLOAT_OUT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One program per image: load, the whole chain, store (CTA barriers between ops)."""
+    # float scalars: fp32 as in eager Triton (torch.compile passes Python floats as fp64)
+    e0, e1, e2, e3, e4, e5, e6, e7, e8 = _f32x9(e0, e1, e2, e3, e4, e5, e6, e7, e8)
+    d0, d1, d2, d3, d4, d5, d6, d7, d8 = _f32x9(d0, d1, d2, d3, d4, d5, d6, d7, d8)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8 = _f32x9(s0, s1, s2, s3, s4, s5, s6, s7, s8)
+    b = tl.program_id(0).to(tl.int64)
+    HW = H * W
+    CHW = C * HW
+    buf0 = buf_ptr + b * 2 * CHW
+    lut = lut_ptr + b * C * 256
+    _load_tiles(img_ptr + b * CHW, buf0, C, H, W, tl.load(crop_ptr + b * 2), tl.load(crop_ptr + b * 2 + 1),
+                tl.load(flip_ptr + b), 0, 1, BLOCK)
+    tl.debug_barrier()
+    cur = 0
+    for k in range(0, K):
+        op = tl.load(ops_ptr + b * K + k)
+        v = tl.load(val_ptr + b * K + k)
+        src = buf0 + cur * CHW
+        dst = buf0 + (1 - cur) * CHW
+        if op == 8:  # GaussianBlur: 3 horizontal + 3 vertical extended box passes
+            active, r, ww, fw = _blur_params(v)
+            if active:
+                _box_pass(src, dst, C, H, W, r, ww, fw, 0, 1, True, BLOCK)
+                tl.debug_barrier()
+                _box_pass(dst, src, C, H, W, r, ww, fw, 0, 1, True, BLOCK)
+                tl.debug_barrier()
+                _box_pass(src, dst, C, H, W, r, ww, fw, 0, 1, True, BLOCK)
+                tl.debug_barrier()
+                _box_pass(dst, src, C, H, W, r, ww, fw, 0, 1, False, BLOCK)
+                tl.debug_barrier()
+                _box_pass(src, dst, C, H, W, r, ww, fw, 0, 1, False, BLOCK)
+                tl.debug_barrier()
+                _box_pass(dst, src, C, H, W, r, ww, fw, 0, 1, False, BLOCK)
+        elif op == 9:  # ResizeCrop: horizontal pass into dst, vertical pass back into src
+            h2, w2, changes = _resize_sizes(H, W, v)
+            if changes:
+                _resize_pass(src, dst, C, H, W, W, w2, w2 // 2 - W // 2, 0, 1, True, BLOCK)
+                tl.debug_barrier()
+                _resize_pass(dst, src, C, H, W, H, h2, h2 // 2 - H // 2, 0, 1, False, BLOCK)
+        else:
+            mean_int = op * 0
+            if op == 5:  # AutoContrast
+                _hist_lut(src, lut, C, HW, False, BLOCK)
+                tl.debug_barrier()
+            elif op == 6:  # Equalize
+                _hist_lut(src, lut, C, HW, True, BLOCK)
+                tl.debug_barrier()
+            elif op == 15:  # Contrast
+                mean_int = _mean_int(_gray_sum(src, C, HW, 0, 1, BLOCK), HW)
+            moved = _single_pass_op(src, dst, lut, C, H, W, op, v, geo_ptr + (b * K + k) * 8, mean_int,
+                                    e0, e1, e2, e3, e4, e5, e6, e7, e8, d0, d1, d2, d3, d4, d5, d6, d7, d8,
+                                    s0, s1, s2, s3, s4, s5, s6, s7, s8, 0, 1, BLOCK)
+            cur = cur ^ moved
+        tl.debug_barrier()
+    _store_tiles(buf0 + cur * CHW, out_ptr + b * CHW, mean_ptr, std_ptr, C, H, W, tl.load(cut_ptr + b * 4),
+                 tl.load(cut_ptr + b * 4 + 1), tl.load(cut_ptr + b * 4 + 2), tl.load(cut_ptr + b * 4 + 3), 0, 1,
+                 FLOAT_OUT, BLOCK)
+
+
+# ---- the tiled path: several programs per image, one launch per pass of each chain position.
+# Within a launch no program reads what another writes: geometric ops, filters and blur/resize
+# passes read one scratch image and write the other; pointwise ops update each pixel in the
+# program that reads it; histograms and luma sums are accumulated atomically by a separate launch.
+
+
+@triton.jit
+def _load_kernel(img_ptr, crop_ptr, flip_ptr, buf_ptr, C, H, W, TILES, BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    CHW = C * H * W
+    _load_tiles(img_ptr + b * CHW, buf_ptr + b * 2 * CHW, C, H, W, tl.load(crop_ptr + b * 2),
+                tl.load(crop_ptr + b * 2 + 1), tl.load(flip_ptr + b), tl.program_id(1), TILES, BLOCK)
+
+
+@triton.jit
+def _stats_kernel(ops_ptr, cur_ptr, buf_ptr, hist_ptr, gsum_ptr, K, k, C, H, W, TILES, BLOCK: tl.constexpr):
+    """Chain position k: channel histograms (AutoContrast, Equalize) or the luma sum (Contrast)."""
+    b = tl.program_id(0).to(tl.int64)
+    tp = tl.program_id(1)
+    op = tl.load(ops_ptr + b * K + k)
+    HW = H * W
+    src = buf_ptr + (b * 2 + tl.load(cur_ptr + b * K + k)) * C * HW
+    if (op == 5) | (op == 6):
+        idx = tl.arange(0, 256)
+        for c in range(0, C):
+            tl.atomic_add(hist_ptr + ((b * K + k) * C + c) * 256 + idx, _hist_of(src + c * HW, HW, tp, TILES, BLOCK))
+    elif op == 15:
+        tl.atomic_add(gsum_ptr + b * K + k, _gray_sum(src, C, HW, tp, TILES, BLOCK))
+
+
+@triton.jit
+def _stage_kernel(
+    ops_ptr, val_ptr, geo_ptr, cur_ptr, buf_ptr, hist_ptr, gsum_ptr, lut_ptr, K, k, p, C, H, W, TILES,
+    e0, e1, e2, e3, e4, e5, e6, e7, e8,
+    d0, d1, d2, d3, d4, d5, d6, d7, d8,
+    s0, s1, s2, s3, s4, s5, s6, s7, s8,
+    BLOCK: tl.constexpr,
+):
+    """Pass p (0..5) of chain position k. Pass 0 is every op (GaussianBlur's and ResizeCrop's
+    first); passes 1..5 are GaussianBlur's other box passes and ResizeCrop's vertical pass."""
+    e0, e1, e2, e3, e4, e5, e6, e7, e8 = _f32x9(e0, e1, e2, e3, e4, e5, e6, e7, e8)
+    d0, d1, d2, d3, d4, d5, d6, d7, d8 = _f32x9(d0, d1, d2, d3, d4, d5, d6, d7, d8)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8 = _f32x9(s0, s1, s2, s3, s4, s5, s6, s7, s8)
+    b = tl.program_id(0).to(tl.int64)
+    tp = tl.program_id(1)
+    op = tl.load(ops_ptr + b * K + k)
+    v = tl.load(val_ptr + b * K + k)
+    HW = H * W
+    CHW = C * HW
+    cur = tl.load(cur_ptr + b * K + k)
+    src = buf_ptr + (b * 2 + cur) * CHW
+    dst = buf_ptr + (b * 2 + 1 - cur) * CHW
+    if op == 8:
+        active, r, ww, fw = _blur_params(v)
+        if active:
+            # passes alternate src -> dst -> src ...; 0-2 horizontal, 3-5 vertical; ends in src
+            a = src
+            z = dst
+            if (p % 2) == 1:
+                a = dst
+                z = src
+            if p < 3:
+                _box_pass(a, z, C, H, W, r, ww, fw, tp, TILES, True, BLOCK)
+            else:
+                _box_pass(a, z, C, H, W, r, ww, fw, tp, TILES, False, BLOCK)
+    elif op == 9:
+        h2, w2, changes = _resize_sizes(H, W, v)
+        if changes:
+            if p == 0:
+                _resize_pass(src, dst, C, H, W, W, w2, w2 // 2 - W // 2, tp, TILES, True, BLOCK)
+            elif p == 1:
+                _resize_pass(dst, src, C, H, W, H, h2, h2 // 2 - H // 2, tp, TILES, False, BLOCK)
+    elif p == 0:
+        lut = lut_ptr + (b * TILES + tp) * C * 256
+        mean_int = op * 0
+        if (op == 5) | (op == 6):  # this program's copy of the table, from the image's histogram
+            idx = tl.arange(0, 256)
+            for c in range(0, C):
+                h = tl.load(hist_ptr + ((b * K + k) * C + c) * 256 + idx)
+                if op == 5:
+                    tl.store(lut + c * 256 + idx, _table(h, False))
+                else:
+                    tl.store(lut + c * 256 + idx, _table(h, True))
+            tl.debug_barrier()
+        elif op == 15:
+            mean_int = _mean_int(tl.load(gsum_ptr + b * K + k), HW)
+        _single_pass_op(src, dst, lut, C, H, W, op, v, geo_ptr + (b * K + k) * 8, mean_int,
+                        e0, e1, e2, e3, e4, e5, e6, e7, e8, d0, d1, d2, d3, d4, d5, d6, d7, d8,
+                        s0, s1, s2, s3, s4, s5, s6, s7, s8, tp, TILES, BLOCK)
+
+
+@triton.jit
+def _store_kernel(buf_ptr, cur_ptr, cut_ptr, mean_ptr, std_ptr, out_ptr, C, H, W, TILES,
+                  FLOAT_OUT: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    CHW = C * H * W
+    src = buf_ptr + (b * 2 + tl.load(cur_ptr + b)) * CHW
+    _store_tiles(src, out_ptr + b * CHW, mean_ptr, std_ptr, C, H, W, tl.load(cut_ptr + b * 4),
+                 tl.load(cut_ptr + b * 4 + 1), tl.load(cut_ptr + b * 4 + 2), tl.load(cut_ptr + b * 4 + 3),
+                 tl.program_id(1), TILES, FLOAT_OUT, BLOCK)
 
 
 def _py_round15(x: torch.Tensor) -> torch.Tensor:
@@ -540,6 +702,89 @@ def _launch(kernel, grid, *args, **kwargs):
         return launcher(*args, **kwargs)
 
 
+def chain_buffers(ops: torch.Tensor, geo: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which scratch image (0/1) holds each sample's image before each chain position (int32 [B, K]),
+    and after the chain (int32 [B]): geometric ops and 3x3 filters move it to the other one,
+    every other op ends where it started (GaussianBlur and ResizeCrop make an even number of passes)."""
+    geometric = ((ops == O.FLIP) | (ops == O.MIRROR) | (ops == O.ROTATE) | (ops >= O.SHEAR_X)) & (geo[..., 0] >= 0)
+    filt = (ops == O.EDGE_ENHANCE) | (ops == O.DETAIL) | (ops == O.SMOOTH) | (ops == O.SHARPNESS)
+    moves = (geometric | (filt & (height >= 3) & (width >= 3))).to(torch.int32)
+    total = moves.cumsum(1, dtype=torch.int32)
+    return ((total - moves) % 2).to(torch.int32).contiguous(), (total[:, -1] % 2 if ops.shape[1] else
+                                                               moves.new_zeros(ops.shape[0])).to(torch.int32)
+
+
+def tiles_per_image(batch: int, height: int, width: int, block: int = BLOCK) -> int:
+    """Programs per image: 1 (the fused one-program-per-image kernel) for small images, else enough
+    to fill the device: one per ``block`` pixels, at most ``max(4, 16384 // batch)``."""
+    n = -(-height * width // block)
+    if n < 4:
+        return 1
+    return max(1, min(n, max(4, 16384 // max(batch, 1))))
+
+
+def apply_chains(
+    images: torch.Tensor,
+    ops: torch.Tensor,
+    values: torch.Tensor,
+    crop: torch.Tensor,
+    flip: torch.Tensor,
+    cutout: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    float_out: bool,
+    tiles: int,
+    block: int = BLOCK,
+) -> torch.Tensor:
+    """The Triton kernels with the canonical arguments of :mod:`.ops`, with ``tiles`` programs per image.
+
+    ``tiles == 1``: one launch, one program per image running its whole chain. ``tiles > 1``: the
+    tiled path, ``2 + 7 K`` launches over ``(B, tiles)`` programs (load; per chain position a
+    statistics launch and six pass launches, most of whose programs return at once; store), which
+    fills a large device when images are big and batches small. Both give the same bytes.
+    """
+    if tiles < 1 or block < 16 or block & (block - 1):
+        raise ValueError(f"tiles, block: expected tiles >= 1 and a power-of-two block >= 16, got {tiles}, {block}")
+    images = images.contiguous()
+    b, c, h, w = images.shape
+    k = ops.shape[1]
+    dev = images.device
+    out = torch.empty(images.shape, dtype=torch.float32 if float_out else torch.uint8, device=dev)
+    if b == 0:
+        return out
+    ops = ops.contiguous()
+    values = values.contiguous()
+    crop, flip, cutout = crop.contiguous(), flip.contiguous(), cutout.contiguous()
+    mean, std = mean.contiguous(), std.contiguous()
+    geo = geometric_params(ops, values, h, w).contiguous()
+    bufs = torch.empty((b, 2, c, h, w), dtype=torch.uint8, device=dev)
+    e, d, s = _KERNELS[0], _KERNELS[1], _KERNELS[2]
+    if tiles == 1:
+        lut = torch.empty((b, c, 256), dtype=torch.int32, device=dev)
+        _launch(
+            _augment_kernel, (b,),
+            images, ops, values, geo, crop, flip, cutout, mean, std, bufs, lut, out, k, c, h, w,
+            *e, *d, *s, FLOAT_OUT=bool(float_out), BLOCK=block, num_warps=8,
+        )
+        return out
+    cur, final = chain_buffers(ops, geo, h, w)
+    grid = (b, tiles)
+    _launch(_load_kernel, grid, images, crop, flip, bufs, c, h, w, tiles, BLOCK=block, num_warps=4)
+    if k:
+        hist = torch.zeros((b, k, c, 256), dtype=torch.int32, device=dev)
+        gsum = torch.zeros((b, k), dtype=torch.int64, device=dev)
+        lut = torch.empty((b, tiles, c, 256), dtype=torch.int32, device=dev)
+        for j in range(k):
+            _launch(_stats_kernel, grid, ops, cur, bufs, hist, gsum, k, j, c, h, w, tiles, BLOCK=block,
+                    num_warps=4)
+            for p in range(6):
+                _launch(_stage_kernel, grid, ops, values, geo, cur, bufs, hist, gsum, lut, k, j, p, c, h, w, tiles,
+                        *e, *d, *s, BLOCK=block, num_warps=4)
+    _launch(_store_kernel, grid, bufs, final, cutout, mean, std, out, c, h, w, tiles,
+            FLOAT_OUT=bool(float_out), BLOCK=block, num_warps=4)
+    return out
+
+
 @triton_op("fastorals::augment_apply_triton", mutates_args=())
 def augment_apply_triton(
     images: torch.Tensor,
@@ -552,23 +797,7 @@ def augment_apply_triton(
     std: torch.Tensor,
     float_out: bool,
 ) -> torch.Tensor:
-    """The Triton kernel with the canonical arguments of :mod:`.ops` (CUDA, or CPU when interpreted)."""
-    images = images.contiguous()
-    b, c, h, w = images.shape
-    k = ops.shape[1]
-    out = torch.empty(images.shape, dtype=torch.float32 if float_out else torch.uint8, device=images.device)
-    if b == 0:
-        return out
-    ops = ops.contiguous()
-    values = values.contiguous()
-    geo = geometric_params(ops, values, h, w).contiguous()
-    bufs = torch.empty((b, 2, c, h, w), dtype=torch.uint8, device=images.device)
-    lut = torch.empty((b, c, 256), dtype=torch.int32, device=images.device)
-    e, d, s = _KERNELS[0], _KERNELS[1], _KERNELS[2]
-    _launch(
-        _augment_kernel, (b,),
-        images, ops, values, geo, crop.contiguous(), flip.contiguous(), cutout.contiguous(),
-        mean.contiguous(), std.contiguous(), bufs, lut, out, k, c, h, w,
-        *e, *d, *s, FLOAT_OUT=bool(float_out), BLOCK=BLOCK, num_warps=8,
-    )
-    return out
+    """The Triton kernels with the canonical arguments of :mod:`.ops` (CUDA, or CPU when interpreted);
+    programs per image from :func:`tiles_per_image`."""
+    b, _, h, w = images.shape
+    return apply_chains(images, ops, values, crop, flip, cutout, mean, std, float_out, tiles_per_image(b, h, w))

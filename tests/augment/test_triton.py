@@ -12,6 +12,8 @@ import random
 import pytest
 import torch
 from augment_helpers import canonical, make_images, random_batch, values_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastorals
 from fastorals import augment
@@ -80,6 +82,76 @@ def test_public_api_on_triton_backend(triton_device):
     _within_bar(a.cpu(), r, triton_device.type == "cpu", "BatchAugment")
 
 
+@pytest.mark.interpret
+@pytest.mark.parametrize("chw", [(3, 9, 7), (1, 6, 5)], ids=lambda s: "x".join(map(str, s)))
+def test_tiled_path_each_op_matches_pil(triton_device, chw):
+    # several programs per image (3 programs over 4 or 2 tiles of 16 pixels): every op, every pass
+    from fastorals.augment.triton import apply_chains
+
+    c, h, w = chw
+    exact = triton_device.type == "cpu"
+    ops, vals = [], []
+    for op in range(O.NUM_OPS):
+        for v in values_for(op)[:4]:
+            ops.append(op)
+            vals.append(v)
+    n = len(ops)
+    images = make_images(n, c, h, w, seed=2)
+    args = canonical(images, torch.tensor(ops).view(n, 1), torch.tensor(vals).view(n, 1))
+    out = apply_chains(*_to(args, triton_device), tiles=3, block=16).cpu()
+    ref = augment_apply_reference(*args)
+    for i in range(n):
+        _within_bar(out[i], ref[i], exact, f"{O.OP_NAMES[ops[i]]}({vals[i]}) on {chw}, tiled")
+
+
+@pytest.mark.interpret
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), tiles=st.integers(2, 6), block=st.sampled_from([16, 32, 64]),
+       c=st.sampled_from([1, 3]), h=st.integers(1, 13), w=st.integers(1, 13), k=st.integers(0, 5))
+def test_tiled_path_equals_one_program_per_image(seed, tiles, block, c, h, w, k):
+    # the same bytes for any split of an image into programs: tiles more or fewer than its blocks,
+    # chains mixing in-place ops, buffer-moving ops and multi-pass ops
+    from fastorals.augment.triton import apply_chains
+
+    dev = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    args = _to(random_batch(random.Random(seed), 3, c, h, w, k, seed=seed % 1000), dev)
+    assert torch.equal(apply_chains(*args, tiles=tiles, block=block), apply_chains(*args, tiles=1))
+
+
+def test_programs_per_image_rule():
+    from fastorals.augment.triton import BLOCK, tiles_per_image
+
+    assert tiles_per_image(1024, 32, 32) == 1  # CIFAR: one program per image
+    assert tiles_per_image(64, 224, 224) == -(-224 * 224 // BLOCK)  # ImageNet, small batch: one per block
+    assert 4 <= tiles_per_image(4096, 224, 224) < -(-224 * 224 // BLOCK)  # large batch: fewer, at least 4
+    assert tiles_per_image(1, 8000, 8000) == 16384  # capped
+
+
+def test_chain_buffers_follow_the_ops_that_move_the_image():
+    from fastorals.augment.triton import chain_buffers, geometric_params
+
+    ops = torch.tensor([[O.FLIP, O.INVERT, O.SMOOTH, O.GAUSSIAN_BLUR, O.ROTATE, O.RESIZE_CROP],
+                        [O.ROTATE, O.EQUALIZE, O.SHARPNESS, O.NONE, O.TRANSLATE_X, O.CONTRAST]], dtype=torch.int32)
+    vals = torch.tensor([[0, 0, 0, 1.5, 30.0, 1.2], [0.0, 0, 0.5, 0, 3.0, 0.4]], dtype=torch.float64)
+    cur, final = chain_buffers(ops, geometric_params(ops, vals, 8, 8), 8, 8)
+    # a rotation by 0 degrees is the identity and does not move the image
+    assert cur.tolist() == [[0, 1, 1, 0, 0, 1], [0, 0, 0, 1, 1, 0]] and final.tolist() == [1, 0]
+    cur, final = chain_buffers(ops, geometric_params(ops, vals, 2, 8), 2, 8)  # filters skip images < 3 rows
+    assert cur.tolist() == [[0, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1]] and final.tolist() == [0, 1]
+    empty = torch.zeros(2, 0, dtype=torch.int32)
+    cur, final = chain_buffers(empty, geometric_params(empty, empty.double(), 8, 8), 8, 8)
+    assert cur.shape == (2, 0) and final.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("tiles, block", [(0, 16), (2, 24), (2, 8)])
+def test_apply_chains_rejects_bad_split(tiles, block):
+    from fastorals.augment.triton import apply_chains
+
+    args = canonical(make_images(1, 1, 4, 4), torch.zeros(1, 0, dtype=torch.int32), torch.zeros(1, 0))
+    with pytest.raises(ValueError, match="tiles, block"):
+        apply_chains(*args, tiles=tiles, block=block)
+
+
 @pytest.mark.gpu
 def test_gpu_matches_cpu_kernel_on_cifar_sized_batches():
     from fastorals._ext import HAS_EXT
@@ -102,10 +174,27 @@ def test_gpu_torch_compile_over_the_triton_op():
     assert torch.equal(eager, compiled)
 
 
-@pytest.mark.slow
-def test_kernel_compiles_for_a_cuda_target_without_fused_float32_multiply_add():
-    # Compiles to PTX without a GPU (catches what the interpreter cannot: constexpr misuse, types);
-    # no float32 FMA may appear, or blends and filters would round differently from Pillow.
+@pytest.mark.gpu
+def test_gpu_tiled_path_on_imagenet_sized_images():
+    # the path the op takes at 224 px: equal to one program per image, and within the bar of PIL
+    from fastorals.augment.triton import apply_chains, tiles_per_image
+
+    rng = random.Random(2)
+    args = random_batch(rng, 6, 3, 224, 224, 10, seed=2)
+    dev_args = _to(args, torch.device("cuda"))
+    assert tiles_per_image(6, 224, 224) > 1
+    tiled = _triton()(*dev_args)
+    assert torch.equal(tiled, apply_chains(*dev_args, tiles=1))
+    _within_bar(tiled.cpu(), augment_apply_reference(*args), False, "224 px, tiled")
+    compiled = torch.compile(lambda *a: torch.ops.fastorals.augment_apply_triton(*a))(*dev_args)
+    assert torch.equal(tiled, compiled)
+
+
+@pytest.mark.parametrize("kernel", ["_augment_kernel", "_load_kernel", "_stats_kernel", "_stage_kernel",
+                                    "_store_kernel"])
+def test_kernel_compiles_for_a_cuda_target_without_fused_float32_multiply_add(kernel):
+    # Compiles to PTX without a GPU (catches what the interpreter cannot: constexpr misuse, types,
+    # atomics); no float32 FMA may appear, or blends and filters would round differently from Pillow.
     import inspect
 
     import triton
@@ -116,12 +205,14 @@ def test_kernel_compiles_for_a_cuda_target_without_fused_float32_multiply_add():
 
     ptrs = {"img_ptr": "*u8", "ops_ptr": "*i32", "val_ptr": "*fp64", "geo_ptr": "*fp64", "crop_ptr": "*i32",
             "flip_ptr": "*u8", "cut_ptr": "*i32", "mean_ptr": "*fp32", "std_ptr": "*fp32", "buf_ptr": "*u8",
-            "lut_ptr": "*i32", "out_ptr": "*fp32"}
+            "lut_ptr": "*i32", "out_ptr": "*fp32", "cur_ptr": "*i32", "hist_ptr": "*i32", "gsum_ptr": "*i64"}
+    fn = getattr(T, kernel)
     sig = {}
-    for n in inspect.signature(T._augment_kernel.fn).parameters:
-        sig[n] = ptrs.get(n) or ("i32" if n in ("K", "C", "H", "W") else
+    for n in inspect.signature(fn.fn).parameters:
+        sig[n] = ptrs.get(n) or ("i32" if n in ("K", "C", "H", "W", "k", "p", "TILES") else
                                  "constexpr" if n in ("FLOAT_OUT", "BLOCK") else "fp32")
-    src = ASTSource(fn=T._augment_kernel, signature=sig, constexprs={"FLOAT_OUT": True, "BLOCK": T.BLOCK})
+    consts = {n: v for n, v in (("FLOAT_OUT", True), ("BLOCK", T.BLOCK)) if n in sig}
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "enable_fp_fusion": False})
     ptx = k.asm["ptx"]
     assert "fma.rn.f32" not in ptx and "div.full.f32" not in ptx
