@@ -70,6 +70,7 @@ def _dense_size(mode: str, device: str, bsz: int, n: int, m: int):
     gemm_flops = 4.0 * bsz * m * n
 
     def fast_fwd():
+        layer.train()  # each closure sets its mode: a runner may build every case before timing any
         return layer(x)
 
     def ref_fwd():
@@ -114,6 +115,7 @@ def _dense_size(mode: str, device: str, bsz: int, n: int, m: int):
     layer(x)  # fill the cache
 
     def eval_cached():
+        layer.eval()
         with torch.no_grad():
             return layer(x)
 
@@ -128,6 +130,7 @@ def _dense_size(mode: str, device: str, bsz: int, n: int, m: int):
     layer.train()
 
     def t_fast():
+        layer.train()
         with torch.no_grad():
             return layer.compute_t()
 
@@ -156,6 +159,7 @@ def _conv_size(mode: str, device: str, bsz: int, c: int, m: int, hw: int):
     flops = 2.0 * 2 * bsz * hw * hw * m * c * 9
 
     def fast():
+        layer.train()  # each closure sets its mode: a runner may build every case before timing any
         return torch.autograd.grad(layer(x).sum(), [x, w, q])
 
     def ref():
@@ -178,6 +182,7 @@ def _conv_size(mode: str, device: str, bsz: int, c: int, m: int, hw: int):
     layer(x)
 
     def eval_cached():
+        layer.eval()
         with torch.no_grad():
             return layer(x)
 
