@@ -109,7 +109,9 @@ def _pil_vs_kernel(train: data.ImageDataset, cur: curriculum.CurriculumAugment, 
 
 @register("curriculum", "CUDA: CE / BS with and without a curriculum of per-class augmentation (long-tailed)")
 def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
-    cfg = CONFIGS[mode]
+    cfg = dict(CONFIGS[mode])
+    if os.environ.get("FASTORALS_CURRICULUM_EPOCHS"):  # a longer schedule at the same size
+        cfg["epochs"] = int(os.environ["FASTORALS_CURRICULUM_EPOCHS"])
     train, test, source = _load(cfg, seed)
     c = cfg["classes"]
     counts = train.class_counts()

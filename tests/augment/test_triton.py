@@ -40,8 +40,13 @@ def _within_bar(a: torch.Tensor, r: torch.Tensor, exact: bool, what: str) -> Non
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("chw", [(3, 9, 7), (1, 6, 5), (3, 2, 3)], ids=lambda s: "x".join(map(str, s)))
-def test_each_op_matches_pil(triton_device, chw):
+@pytest.mark.parametrize("chw, path", [((3, 9, 7), "op"), ((1, 6, 5), "op"), ((3, 2, 3), "op"), ((3, 9, 7), "tiled"),
+                                       ((1, 6, 5), "tiled")], ids=lambda s: "x".join(map(str, s)) if isinstance(s, tuple) else s)
+def test_each_op_matches_pil(triton_device, chw, path):
+    # "op": the registered op (one program per image at these sizes); "tiled": several programs per
+    # image (3 programs over 4 or 2 tiles of 16 pixels), every op and every pass
+    from fastorals.augment.triton import apply_chains
+
     c, h, w = chw
     exact = triton_device.type == "cpu"
     ops, vals = [], []
@@ -52,10 +57,11 @@ def test_each_op_matches_pil(triton_device, chw):
     n = len(ops)
     images = make_images(n, c, h, w, seed=1)
     args = canonical(images, torch.tensor(ops).view(n, 1), torch.tensor(vals).view(n, 1))
-    out = _triton()(*_to(args, triton_device)).cpu()
+    dev_args = _to(args, triton_device)
+    out = (_triton()(*dev_args) if path == "op" else apply_chains(*dev_args, tiles=3, block=16)).cpu()
     ref = augment_apply_reference(*args)
     for i in range(n):
-        _within_bar(out[i], ref[i], exact, f"{O.OP_NAMES[ops[i]]}({vals[i]}) on {chw}")
+        _within_bar(out[i], ref[i], exact, f"{O.OP_NAMES[ops[i]]}({vals[i]}) on {chw}, {path}")
 
 
 @pytest.mark.interpret
@@ -80,28 +86,6 @@ def test_public_api_on_triton_backend(triton_device):
         r = aug(images.cpu(), s, torch.Generator().manual_seed(0))
     assert a.device.type == triton_device.type and a.dtype == torch.uint8
     _within_bar(a.cpu(), r, triton_device.type == "cpu", "BatchAugment")
-
-
-@pytest.mark.interpret
-@pytest.mark.parametrize("chw", [(3, 9, 7), (1, 6, 5)], ids=lambda s: "x".join(map(str, s)))
-def test_tiled_path_each_op_matches_pil(triton_device, chw):
-    # several programs per image (3 programs over 4 or 2 tiles of 16 pixels): every op, every pass
-    from fastorals.augment.triton import apply_chains
-
-    c, h, w = chw
-    exact = triton_device.type == "cpu"
-    ops, vals = [], []
-    for op in range(O.NUM_OPS):
-        for v in values_for(op)[:4]:
-            ops.append(op)
-            vals.append(v)
-    n = len(ops)
-    images = make_images(n, c, h, w, seed=2)
-    args = canonical(images, torch.tensor(ops).view(n, 1), torch.tensor(vals).view(n, 1))
-    out = apply_chains(*_to(args, triton_device), tiles=3, block=16).cpu()
-    ref = augment_apply_reference(*args)
-    for i in range(n):
-        _within_bar(out[i], ref[i], exact, f"{O.OP_NAMES[ops[i]]}({vals[i]}) on {chw}, tiled")
 
 
 @pytest.mark.interpret
