@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +106,8 @@ def train_judge(
     seed: int = 0,
     device: Optional[Union[str, torch.device]] = None,
     time_budget_s: Optional[float] = None,
+    log_every: int = 100,
+    log: Optional[Callable[[int, float, float], None]] = None,
 ) -> SpriteJudge:
     """Train a :class:`SpriteJudge` on rendered sprites (with blur/noise augmentation).
 
@@ -119,12 +121,14 @@ def train_judge(
         seed: seed of sampling and augmentation.
         device: where to train (default CPU).
         time_budget_s: stop early once this many seconds have passed.
+        log_every: call ``log`` every this many steps (and after the last).
+        log: progress callback ``log(step, loss, elapsed_s)`` (None: silent).
 
     Returns:
         The trained judge in eval mode.
     """
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps, batch_size: expected >= 1, got {steps}, {batch_size}")
+    if steps < 1 or batch_size < 1 or log_every < 1:
+        raise ValueError(f"steps, batch_size, log_every: expected >= 1, got {steps}, {batch_size}, {log_every}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -134,7 +138,7 @@ def train_judge(
     judge.train()
     t0 = time.perf_counter()
     n = len(train)
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         idx = torch.randint(0, n, (batch_size,), generator=gen)
         lab = train.labels[idx]
         x = train.images(idx, device=dev)
@@ -147,7 +151,10 @@ def train_judge(
         loss.backward()  # type: ignore[union-attr]
         opt.step()
         sched.step()
-        if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
+        over = time_budget_s is not None and time.perf_counter() - t0 > time_budget_s
+        if log is not None and (step % log_every == 0 or step == steps or over):
+            log(step, float(loss), time.perf_counter() - t0)
+        if over:
             break
     return judge.eval()
 

@@ -179,7 +179,13 @@ def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
     timings: dict[str, float] = {}
     # judge
     t = time.perf_counter()
-    judge = train_judge(train, steps=cfg["judge_steps"], batch_size=32, width=cfg["judge_width"], seed=seed)
+    def judge_progress(step: int, loss: float, elapsed: float) -> None:
+        if mode != "smoke":
+            print(f"[koopman] judge step {step}/{cfg['judge_steps']} ({elapsed:.0f} s): loss {loss:.4f}",
+                  file=sys.stderr, flush=True)
+
+    judge = train_judge(train, steps=cfg["judge_steps"], batch_size=32, width=cfg["judge_width"], seed=seed,
+                        log=judge_progress)
     timings["judge_train_s"] = time.perf_counter() - t
     jidx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:min(512, len(test))]
     judge_clean = judge_scores(judge, test.images(jidx), targets_of(test.labels[jidx]))

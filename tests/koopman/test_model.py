@@ -168,7 +168,10 @@ def test_prediction_metrics_known_values():
 
 def test_judge_shapes_training_and_scores():
     train, test = sprites.sprite_splits(300, size=16, seed=1)
-    judge = train_judge(train, steps=3, batch_size=8, width=4, seed=0)
+    seen = []
+    judge = train_judge(train, steps=3, batch_size=8, width=4, seed=0, log_every=2,
+                        log=lambda step, loss, t: seen.append((step, math.isfinite(loss), t >= 0)))
+    assert seen == [(2, True, True), (3, True, True)]  # every log_every steps and after the last
     x = test.images(torch.arange(6))
     logits = judge(x)
     assert {h: tuple(v.shape) for h, v in logits.items()} == {
@@ -181,6 +184,8 @@ def test_judge_shapes_training_and_scores():
         SpriteJudge(24)
     with assert_raises(ValueError, "steps"):
         train_judge(train, steps=0)
+    with assert_raises(ValueError, "log_every"):
+        train_judge(train, steps=2, log_every=0)
 
 
 def test_augment_keeps_range():
