@@ -52,6 +52,14 @@ class _Draws:
                                           cutout=aug.cutout, generator=g)
         self.values = self.chains.values()
 
+    def canonical(self, images: torch.Tensor) -> tuple:
+        """The registered ops' canonical arguments for these draws (float output), on ``images``' device."""
+        dev = images.device
+        p = self.pipe
+        return (images, self.chains.ops.to(dev, torch.int32), self.values.to(dev, torch.float64),
+                p.crop.to(dev, torch.int32), p.flip.to(dev, torch.uint8), p.cutout.to(dev, torch.int32),
+                MEAN.to(dev, torch.float32), STD.to(dev, torch.float32), True)
+
 
 @contextlib.contextmanager
 def _torch_threads(n: Optional[int]) -> Iterator[None]:
@@ -68,8 +76,7 @@ def _torch_threads(n: Optional[int]) -> Iterator[None]:
 def _reference(images: torch.Tensor, d: _Draws) -> torch.Tensor:
     """Per-image PIL pipeline with one torch thread, as in a DataLoader worker (torch sets 1 there)."""
     with _torch_threads(1):
-        return reference.augment_batch(images, d.chains.ops, d.values, d.pipe.crop, d.pipe.flip.to(torch.uint8),
-                                       d.pipe.cutout, MEAN, STD, True)
+        return reference.augment_batch(*d.canonical(images))
 
 
 # ----------------------------------------------------------------------------- kornia peer
@@ -198,11 +205,8 @@ def _kernel(images: torch.Tensor, d: _Draws, tiles: Optional[int]):
     """The Triton kernels alone on drawn chains: ``tiles`` programs per image (None: the op's rule)."""
     from fastorals.augment import triton as T
 
-    dev = images.device
     b, _, h, w = images.shape
-    args = (images, d.chains.ops.to(dev, torch.int32), d.values.to(dev, torch.float64), d.pipe.crop.to(dev, torch.int32),
-            d.pipe.flip.to(dev, torch.uint8), d.pipe.cutout.to(dev, torch.int32), MEAN.to(dev, torch.float32),
-            STD.to(dev, torch.float32), True)
+    args = d.canonical(images)
     n = T.tiles_per_image(b, h, w) if tiles is None else tiles
     return lambda: T.apply_chains(*args, tiles=n)
 

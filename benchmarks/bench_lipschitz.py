@@ -127,7 +127,6 @@ def _dense_size(mode: str, device: str, bsz: int, n: int, m: int):
                fast={"fastorals (cached t)": eval_cached}, reference=eval_recompute, backend=fb,
                flops=gemm_flops, name="dense eval (cached t)",
                verify=lambda a, o, name: torch.testing.assert_close(a, o, atol=1e-3, rtol=1e-3))
-    layer.train()
 
     def t_fast():
         layer.train()

@@ -5,10 +5,10 @@ the same op code and the same bytes (:func:`apply_chains`, :func:`tiles_per_imag
 * larger images: a ``(B, tiles)`` grid, one launch per pass of each chain position, so a batch
   smaller than the device's SM count still fills it (see the tiled kernels below).
 
-In the one-program path each program loads its image (random crop with zero padding and flip fused into the load) into
-a ping-pong pair of global scratch images, runs its chain op by op over tiles of ``BLOCK``
-pixels with a CTA barrier between ops, and writes uint8 or ``(x / 255 - mean) / std`` float32
-with its Cutout box. Op families:
+In the one-program path each program loads its image (random crop with zero padding and flip
+fused into the load) into a ping-pong pair of global scratch images, runs its chain op by op over
+tiles of ``BLOCK`` pixels with a CTA barrier between ops, and writes uint8 or
+``(x / 255 - mean) / std`` float32 with its Cutout box. Op families:
 
 * pointwise (Invert, Posterize, Solarize, SolarizeAdd, Brightness, Contrast, Color): in place;
 * histogram (AutoContrast, Equalize): ``tl.histogram`` per channel, the 256-entry table built in
@@ -709,9 +709,8 @@ def chain_buffers(ops: torch.Tensor, geo: torch.Tensor, height: int, width: int)
     geometric = ((ops == O.FLIP) | (ops == O.MIRROR) | (ops == O.ROTATE) | (ops >= O.SHEAR_X)) & (geo[..., 0] >= 0)
     filt = (ops == O.EDGE_ENHANCE) | (ops == O.DETAIL) | (ops == O.SMOOTH) | (ops == O.SHARPNESS)
     moves = (geometric | (filt & (height >= 3) & (width >= 3))).to(torch.int32)
-    total = moves.cumsum(1, dtype=torch.int32)
-    return ((total - moves) % 2).to(torch.int32).contiguous(), (total[:, -1] % 2 if ops.shape[1] else
-                                                               moves.new_zeros(ops.shape[0])).to(torch.int32)
+    before = (moves.cumsum(1, dtype=torch.int32) - moves) % 2
+    return before.contiguous(), moves.sum(1, dtype=torch.int32) % 2
 
 
 def tiles_per_image(batch: int, height: int, width: int, block: int = BLOCK) -> int:

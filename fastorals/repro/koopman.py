@@ -16,7 +16,8 @@ Protocol (the paper's two-factor evaluation, plus its multifactor swaps):
 4. A picture grid of the swaps.
 
 Modes: ``smoke`` (seconds), ``quick`` (32x32 frames, narrower convs, 5000 steps with a 9-minute
-cap on training: about 7 minutes on 2 quiet CPU cores), ``full`` (64x64 frames, the paper's architecture).
+cap on training: 8.6 minutes measured on 2 CPU cores), ``full`` (64x64 frames, the paper's
+architecture).
 """
 
 from __future__ import annotations
