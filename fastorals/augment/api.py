@@ -810,11 +810,16 @@ class BatchAugment(nn.Module):
             spec = self._spec_cache[key] = _output_spec(self.mean, self.std, self.out_dtype, c, img_dev)
         mean_t, std_t, float_out = spec
         flip = d.flip.to(torch.uint8)
-        if dev != img_dev:  # the generator's device draws, the images' device applies
-            o, v, flip = o.to(img_dev), v.to(img_dev), flip.to(img_dev)
-            d = PipelineDraws(d.crop.to(img_dev), d.flip, d.cutout.to(img_dev))
-        return _launch(images.contiguous(), o.contiguous(), v.contiguous(), d.crop, flip, d.cutout,
-                       mean_t, std_t, float_out, direct=True)
+        crop, cut = d.crop, d.cutout
+        if dev != img_dev:  # the generator's device draws, the images' device applies: two copies
+            v = v.to(img_dev)
+            ints = torch.cat([o, crop.to(torch.int32), cut.to(torch.int32), flip.to(torch.int32).unsqueeze(1)], 1)
+            ints = ints.to(img_dev)
+            o, crop, cut = ints[:, :k], ints[:, k:k + 2], ints[:, k + 2:k + 6]
+            flip = ints[:, k + 6].to(torch.uint8)
+        # views of one copy: the Triton op copies them into its graph's buffers (or makes them contiguous)
+        return _launch(images.contiguous(), o, v.contiguous(), crop, flip, cut, mean_t, std_t, float_out,
+                       direct=True)
 
     def extra_repr(self) -> str:
         return (f"max_level={self.max_level}, magnitude_mode={self.magnitude_mode!r}, "

@@ -28,13 +28,17 @@ Registered as ``fastorals::augment_apply_triton``.
 from __future__ import annotations
 
 import math
+import os
+from typing import Optional
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
+from triton.language.extra import libdevice
 
+from .._graphs import GraphCache
 from . import opset as O
 
 BLOCK = 1024
@@ -50,6 +54,24 @@ _KERNELS = {
     1: [_f32(k, 6) for k in (0, -1, 0, -1, 10, -1, 0, -1, 0)],       # DETAIL
     2: [_f32(k, 13) for k in (1, 1, 1, 1, 5, 1, 1, 1, 1)],           # SMOOTH
 }
+
+
+# Under the interpreter a product is one NumPy multiply; compiled, ``mul.rn`` (libdevice), which
+# the compiler never contracts into an FMA with a following add, whatever the launch options say
+# (torch.compile launches user kernels with FMA contraction on).
+_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
+@triton.jit
+def _mul(a, b):
+    """``a * b`` rounded once to ``a``'s float type and never fused with an add (Pillow's
+    builds do not fuse either); ``a`` is a tensor, ``b`` a tensor or a Python float."""
+    if _INTERPRETED:
+        return a * b
+    elif a.dtype == tl.float32:  # exact in float64, then one rounding (libdevice's float32 one flushes subnormals)
+        return libdevice.mul_rn(a.to(tl.float64), tl.cast(b, tl.float64)).to(tl.float32)
+    else:
+        return libdevice.mul_rn(a, tl.cast(b, a.dtype))
 
 
 @triton.jit
@@ -68,7 +90,7 @@ def _clip8(t):
 
 @triton.jit
 def _sinc(x):
-    px = x * 3.141592653589793
+    px = _mul(x, 3.141592653589793)
     safe = tl.where(x == 0.0, 1.0, px)
     return tl.where(x == 0.0, 1.0, tl.sin(safe) / safe)
 
@@ -76,7 +98,7 @@ def _sinc(x):
 @triton.jit
 def _lanczos(x):
     inside = (x >= -3.0) & (x < 3.0)
-    return tl.where(inside, _sinc(x) * _sinc(x / 3.0), 0.0)
+    return tl.where(inside, _mul(_sinc(x), _sinc(x / 3.0)), 0.0)
 
 
 @triton.jit
@@ -86,16 +108,19 @@ def _geometric(src, dst, C, H, W, kind, a0, a1, a2, a3, a4, a5, t0, tstep, BLOCK
     Hf = H.to(tl.float64)
     is_scale = (a1 == 0.0) & (a3 == 0.0)
     ok00 = (tl.abs(a2) < 32768.0) & (tl.abs(a5) < 32768.0)
-    okWH = (tl.abs(Wf * a0 + Hf * a1 + a2) < 32768.0) & (tl.abs(Wf * a3 + Hf * a4 + a5) < 32768.0)
-    ok0H = (tl.abs(0.0 * a0 + Hf * a1 + a2) < 32768.0) & (tl.abs(0.0 * a3 + Hf * a4 + a5) < 32768.0)
-    okW0 = (tl.abs(Wf * a0 + 0.0 * a1 + a2) < 32768.0) & (tl.abs(Wf * a3 + 0.0 * a4 + a5) < 32768.0)
+    okWH = ((tl.abs(_mul(Wf, a0) + _mul(Hf, a1) + a2) < 32768.0)
+            & (tl.abs(_mul(Wf, a3) + _mul(Hf, a4) + a5) < 32768.0))
+    ok0H = ((tl.abs(_mul(a0, 0.0) + _mul(Hf, a1) + a2) < 32768.0)
+            & (tl.abs(_mul(a3, 0.0) + _mul(Hf, a4) + a5) < 32768.0))
+    okW0 = ((tl.abs(_mul(Wf, a0) + _mul(a1, 0.0) + a2) < 32768.0)
+            & (tl.abs(_mul(Wf, a3) + _mul(a4, 0.0) + a5) < 32768.0))
     fixed = ok00 & okWH & ok0H & okW0
-    f0 = tl.floor(a0 * 65536.0 + 0.5).to(tl.int32)
-    f1 = tl.floor(a1 * 65536.0 + 0.5).to(tl.int32)
-    f3 = tl.floor(a3 * 65536.0 + 0.5).to(tl.int32)
-    f4 = tl.floor(a4 * 65536.0 + 0.5).to(tl.int32)
-    f2 = tl.floor((a2 + a0 * 0.5 + a1 * 0.5) * 65536.0 + 0.5).to(tl.int32)
-    f5 = tl.floor((a5 + a3 * 0.5 + a4 * 0.5) * 65536.0 + 0.5).to(tl.int32)
+    f0 = tl.floor(_mul(a0, 65536.0) + 0.5).to(tl.int32)
+    f1 = tl.floor(_mul(a1, 65536.0) + 0.5).to(tl.int32)
+    f3 = tl.floor(_mul(a3, 65536.0) + 0.5).to(tl.int32)
+    f4 = tl.floor(_mul(a4, 65536.0) + 0.5).to(tl.int32)
+    f2 = tl.floor(_mul(a2 + _mul(a0, 0.5) + _mul(a1, 0.5), 65536.0) + 0.5).to(tl.int32)
+    f5 = tl.floor(_mul(a5 + _mul(a3, 0.5) + _mul(a4, 0.5), 65536.0) + 0.5).to(tl.int32)
     for t in range(t0, tl.cdiv(HW, BLOCK), tstep):
         offs = t * BLOCK + tl.arange(0, BLOCK)
         mask = offs < HW
@@ -120,14 +145,14 @@ def _geometric(src, dst, C, H, W, kind, a0, a1, a2, a3, a4, a5, t0, tstep, BLOCK
             xd = x.to(tl.float64)
             yd = y.to(tl.float64)
             # ImagingScaleAffine
-            xs = a2 + a0 * 0.5 + xd * a0
-            ys = a5 + a4 * 0.5 + yd * a4
+            xs = a2 + _mul(a0, 0.5) + _mul(xd, a0)
+            ys = a5 + _mul(a4, 0.5) + _mul(yd, a4)
             # 16.16 fixed point
             xx = f2 + y * f1 + x * f0
             yy = f5 + y * f4 + x * f3
             # floating point fallback
-            xg = a2 + a1 * 0.5 + a0 * 0.5 + yd * a1 + xd * a0
-            yg = a5 + a4 * 0.5 + a3 * 0.5 + yd * a4 + xd * a3
+            xg = a2 + _mul(a1, 0.5) + _mul(a0, 0.5) + _mul(yd, a1) + _mul(xd, a0)
+            yg = a5 + _mul(a4, 0.5) + _mul(a3, 0.5) + _mul(yd, a4) + _mul(xd, a3)
             xf = tl.where(is_scale, xs, xg)
             yf = tl.where(is_scale, ys, yg)
             cx = tl.where(xf < 0.0, -1, xf.to(tl.int32))
@@ -165,13 +190,13 @@ def _filter3x3(src, dst, C, H, W, alpha,
             c0 = tl.load(p - W - 1, mask=inner, other=0).to(tl.float32)
             c1 = tl.load(p - W, mask=inner, other=0).to(tl.float32)
             c2 = tl.load(p - W + 1, mask=inner, other=0).to(tl.float32)
-            ss = 0.5 + ((a0 * k0 + a1 * k1) + a2 * k2)
-            ss = ss + ((b0 * k3 + b1 * k4) + b2 * k5)
-            ss = ss + ((c0 * k6 + c1 * k7) + c2 * k8)
+            ss = 0.5 + ((_mul(a0, k0) + _mul(a1, k1)) + _mul(a2, k2))
+            ss = ss + ((_mul(b0, k3) + _mul(b1, k4)) + _mul(b2, k5))
+            ss = ss + ((_mul(c0, k6) + _mul(c1, k7)) + _mul(c2, k8))
             d = _clip8(ss)
             if SHARPEN:
                 df = d.to(tl.float32)
-                d = _clip8(df + alpha * (b1 - df))
+                d = _clip8(df + _mul(b1 - df, alpha))
             out = tl.where(inner, d.to(tl.uint8), v)
             tl.store(dst + c * HW + offs, out, mask=mask)
 
@@ -221,7 +246,7 @@ def _resize_pass(src, dst, C, H, W, in_size, out_size, o0, t0, tstep, HORIZ: tl.
     HW = H * W
     scale = in_size.to(tl.float64) / out_size.to(tl.float64)
     filterscale = tl.maximum(scale, 1.0)
-    support = 3.0 * filterscale
+    support = _mul(filterscale, 3.0)
     inv = 1.0 / filterscale
     ks = tl.ceil(support).to(tl.int32) * 2 + 1
     same = in_size == out_size
@@ -238,12 +263,12 @@ def _resize_pass(src, dst, C, H, W, in_size, out_size, o0, t0, tstep, HORIZ: tl.
             stride = W
         line = offs - p * stride
         o = o0 + p
-        center = 0.0 + (o.to(tl.float64) + 0.5) * scale
+        center = 0.0 + _mul(o.to(tl.float64) + 0.5, scale)
         xmin = tl.maximum((center - support + 0.5).to(tl.int32), 0)
         xmax = tl.minimum((center + support + 0.5).to(tl.int32), in_size) - xmin
         ww = tl.zeros([BLOCK], dtype=tl.float64)
         for k in range(0, ks):
-            w = _lanczos(((k + xmin).to(tl.float64) - center + 0.5) * inv)
+            w = _lanczos(_mul((k + xmin).to(tl.float64) - center + 0.5, inv))
             ww += tl.where(k < xmax, w, 0.0)
         wsafe = tl.where(ww != 0.0, ww, 1.0)
         valid = mask & (o >= 0) & (o < out_size)
@@ -251,9 +276,10 @@ def _resize_pass(src, dst, C, H, W, in_size, out_size, o0, t0, tstep, HORIZ: tl.
             base = src + c * HW + line
             acc = tl.full([BLOCK], 2097152, dtype=tl.int32)
             for k in range(0, ks):
-                w = _lanczos(((k + xmin).to(tl.float64) - center + 0.5) * inv)
+                w = _lanczos(_mul((k + xmin).to(tl.float64) - center + 0.5, inv))
                 kn = tl.where(ww != 0.0, w / wsafe, w)
-                kf = tl.where(kn < 0.0, (-0.5 + kn * 4194304.0).to(tl.int32), (0.5 + kn * 4194304.0).to(tl.int32))
+                kf = tl.where(kn < 0.0, (-0.5 + _mul(kn, 4194304.0)).to(tl.int32),
+                              (0.5 + _mul(kn, 4194304.0)).to(tl.int32))
                 use = valid & (k < xmax)
                 pix = tl.load(base + (xmin + k) * stride, mask=use, other=0).to(tl.int32)
                 acc += tl.where(use, pix * kf, 0)
@@ -295,8 +321,8 @@ def _table(h, EQUALIZE: tl.constexpr):
     else:
         span = tl.maximum(hi - lo, 1)
         scale = 255.0 / span.to(tl.float64)
-        offset = (-lo).to(tl.float64) * scale
-        table = (idx.to(tl.float64) * scale + offset).to(tl.int32)
+        offset = _mul((-lo).to(tl.float64), scale)
+        table = (_mul(idx.to(tl.float64), scale) + offset).to(tl.int32)
         table = tl.minimum(tl.maximum(table, 0), 255)
         table = tl.where(hi <= lo, idx, table)
     return table
@@ -325,9 +351,10 @@ def _pointwise(buf, lut, C, HW, op, v, mean_int, t0, tstep, BLOCK: tl.constexpr)
             b = tl.load(buf + 2 * HW + offs, mask=mask, other=0).to(tl.int32)
             gray = (r * 19595 + g * 38470 + b * 7471 + 32768) >> 16
             lf = gray.to(tl.float32)
-            tl.store(buf + offs, _clip8(lf + alpha * (r - gray).to(tl.float32)).to(tl.uint8), mask=mask)
-            tl.store(buf + HW + offs, _clip8(lf + alpha * (g - gray).to(tl.float32)).to(tl.uint8), mask=mask)
-            tl.store(buf + 2 * HW + offs, _clip8(lf + alpha * (b - gray).to(tl.float32)).to(tl.uint8), mask=mask)
+            tl.store(buf + offs, _clip8(lf + _mul((r - gray).to(tl.float32), alpha)).to(tl.uint8), mask=mask)
+            tl.store(buf + HW + offs, _clip8(lf + _mul((g - gray).to(tl.float32), alpha)).to(tl.uint8), mask=mask)
+            tl.store(buf + 2 * HW + offs, _clip8(lf + _mul((b - gray).to(tl.float32), alpha)).to(tl.uint8),
+                     mask=mask)
         else:
             for c in range(0, C):
                 p = buf + c * HW + offs
@@ -344,9 +371,9 @@ def _pointwise(buf, lut, C, HW, op, v, mean_int, t0, tstep, BLOCK: tl.constexpr)
                     s = tl.minimum(tl.maximum(x.to(tl.float64) + v, 0.0), 255.0).to(tl.int32)
                     y = tl.where(s < 128, s, 255 - s)
                 elif op == 15:  # Contrast: blend(mean of L, x, alpha)
-                    y = _clip8(mean_int.to(tl.float32) + alpha * (x - mean_int).to(tl.float32))
+                    y = _clip8(mean_int.to(tl.float32) + _mul((x - mean_int).to(tl.float32), alpha))
                 else:  # 16 Brightness: blend(0, x, alpha)
-                    y = _clip8(0.0 + alpha * x.to(tl.float32))
+                    y = _clip8(0.0 + _mul(x.to(tl.float32), alpha))
                 tl.store(p, y.to(tl.uint8), mask=mask)
 
 
@@ -377,15 +404,15 @@ def _mean_int(total, HW):
 def _blur_params(v):
     """Pillow's GaussianBlur radius -> (active, box radius r, 24-bit weights ww and fw) of its box passes."""
     rad = v.to(tl.float32)
-    sigma2 = tl.math.div_rn(rad * rad, 3.0)
-    big_l = tl.sqrt(12.0 * sigma2.to(tl.float64) + 1.0).to(tl.float32)
+    sigma2 = tl.math.div_rn(_mul(rad, rad), 3.0)
+    big_l = tl.sqrt(_mul(sigma2.to(tl.float64), 12.0) + 1.0).to(tl.float32)
     small_l = tl.floor((big_l.to(tl.float64) - 1.0) / 2.0).to(tl.float32)
-    a = (2.0 * small_l + 1.0) * (small_l * (small_l + 1.0) - 3.0 * sigma2)
-    a = tl.math.div_rn(a, 6.0 * (sigma2 - (small_l + 1.0) * (small_l + 1.0)))
+    a = _mul(_mul(small_l, 2.0) + 1.0, _mul(small_l, small_l + 1.0) - _mul(sigma2, 3.0))
+    a = tl.math.div_rn(a, _mul(sigma2 - _mul(small_l + 1.0, small_l + 1.0), 6.0))
     rf = small_l + a
     active = (rad != 0.0) & (rf != 0.0)
     r = rf.to(tl.int32)
-    ww = tl.math.div_rn(16777216.0, rf * 2.0 + 1.0).to(tl.int64)
+    ww = tl.math.div_rn(16777216.0, _mul(rf, 2.0) + 1.0).to(tl.int64)
     fw = (16777216 - (2 * r + 1).to(tl.int64) * ww) // 2
     return active, r, ww, fw
 
@@ -734,6 +761,7 @@ def apply_chains(
     float_out: bool,
     tiles: int,
     block: int = BLOCK,
+    warps: Optional[int] = None,
 ) -> torch.Tensor:
     """The Triton kernels with the canonical arguments of :mod:`.ops`, with ``tiles`` programs per image.
 
@@ -741,9 +769,12 @@ def apply_chains(
     tiled path, ``2 + 7 K`` launches over ``(B, tiles)`` programs (load; per chain position a
     statistics launch and six pass launches, most of whose programs return at once; store), which
     fills a large device when images are big and batches small. Both give the same bytes.
+    ``warps``: warps per program (None: 8 for one program per image, 4 for the tiled path).
     """
     if tiles < 1 or block < 16 or block & (block - 1):
         raise ValueError(f"tiles, block: expected tiles >= 1 and a power-of-two block >= 16, got {tiles}, {block}")
+    if warps is not None and (warps < 1 or warps > 32 or warps & (warps - 1)):
+        raise ValueError(f"warps: expected None or a power of two in 1..32, got {warps}")
     images = images.contiguous()
     b, c, h, w = images.shape
     k = ops.shape[1]
@@ -763,25 +794,29 @@ def apply_chains(
         _launch(
             _augment_kernel, (b,),
             images, ops, values, geo, crop, flip, cutout, mean, std, bufs, lut, out, k, c, h, w,
-            *e, *d, *s, FLOAT_OUT=bool(float_out), BLOCK=block, num_warps=8,
+            *e, *d, *s, FLOAT_OUT=bool(float_out), BLOCK=block, num_warps=warps or 8,
         )
         return out
     cur, final = chain_buffers(ops, geo, h, w)
     grid = (b, tiles)
-    _launch(_load_kernel, grid, images, crop, flip, bufs, c, h, w, tiles, BLOCK=block, num_warps=4)
+    nw = warps or 4
+    _launch(_load_kernel, grid, images, crop, flip, bufs, c, h, w, tiles, BLOCK=block, num_warps=nw)
     if k:
         hist = torch.zeros((b, k, c, 256), dtype=torch.int32, device=dev)
         gsum = torch.zeros((b, k), dtype=torch.int64, device=dev)
         lut = torch.empty((b, tiles, c, 256), dtype=torch.int32, device=dev)
         for j in range(k):
             _launch(_stats_kernel, grid, ops, cur, bufs, hist, gsum, k, j, c, h, w, tiles, BLOCK=block,
-                    num_warps=4)
+                    num_warps=nw)
             for p in range(6):
                 _launch(_stage_kernel, grid, ops, values, geo, cur, bufs, hist, gsum, lut, k, j, p, c, h, w, tiles,
-                        *e, *d, *s, BLOCK=block, num_warps=4)
+                        *e, *d, *s, BLOCK=block, num_warps=nw)
     _launch(_store_kernel, grid, bufs, final, cutout, mean, std, out, c, h, w, tiles,
-            FLOAT_OUT=bool(float_out), BLOCK=block, num_warps=4)
+            FLOAT_OUT=bool(float_out), BLOCK=block, num_warps=nw)
     return out
+
+
+_GRAPHS = GraphCache(capacity=4)
 
 
 @triton_op("fastorals::augment_apply_triton", mutates_args=())
@@ -797,6 +832,12 @@ def augment_apply_triton(
     float_out: bool,
 ) -> torch.Tensor:
     """The Triton kernels with the canonical arguments of :mod:`.ops` (CUDA, or CPU when interpreted);
-    programs per image from :func:`tiles_per_image`."""
+    programs per image from :func:`tiles_per_image`. In eager mode on CUDA the launches are replayed
+    from a CUDA graph per input signature (:data:`_GRAPHS`, see :mod:`fastorals._graphs`): the tiled
+    path's ``2 + 7 K`` launches cost more host time than the GPU needs to run them."""
     b, _, h, w = images.shape
-    return apply_chains(images, ops, values, crop, flip, cutout, mean, std, float_out, tiles_per_image(b, h, w))
+    tiles = tiles_per_image(b, h, w)
+    tensors = (images, ops, values, crop, flip, cutout, mean, std)
+    if b == 0:
+        return apply_chains(*tensors, float_out, tiles)
+    return _GRAPHS(lambda *t: apply_chains(*t, float_out, tiles), tensors, key=("augment", float_out, tiles))

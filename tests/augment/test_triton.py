@@ -134,6 +134,8 @@ def test_apply_chains_rejects_bad_split(tiles, block):
     args = canonical(make_images(1, 1, 4, 4), torch.zeros(1, 0, dtype=torch.int32), torch.zeros(1, 0))
     with pytest.raises(ValueError, match="tiles, block"):
         apply_chains(*args, tiles=tiles, block=block)
+    with pytest.raises(ValueError, match="warps"):
+        apply_chains(*args, tiles=1, warps=3)
 
 
 @pytest.mark.gpu
@@ -174,11 +176,94 @@ def test_gpu_tiled_path_on_imagenet_sized_images():
     assert torch.equal(tiled, compiled)
 
 
+def _eager(args):
+    from fastorals.augment import triton as T
+
+    T._GRAPHS.enabled = False
+    try:
+        return torch.ops.fastorals.augment_apply_triton(*args)
+    finally:
+        T._GRAPHS.enabled = True
+
+
+@pytest.mark.gpu
+def test_gpu_graph_replay_gives_the_eager_bytes_on_new_inputs():
+    # the op replays its launches from a CUDA graph per signature: every call on new values (and
+    # non-contiguous ones, and on another stream) gives the bytes of launching the kernels one by one
+    from fastorals.augment import triton as T
+
+    T._GRAPHS.clear()
+    rng = random.Random(3)
+    cuda = torch.device("cuda")
+    for b, h, w in ((6, 224, 224), (5, 32, 32)):  # the tiled path and the one-program path
+        kept = []
+        for trial in range(3):
+            args = list(_to(random_batch(rng, b, 3, h, w, 6, seed=10 * b + trial), cuda))
+            args[-1] = True
+            if trial == 2:  # strided views of the same values
+                args[1] = torch.cat([args[1], args[1]], 1)[:, : args[1].shape[1]]
+                args[3] = args[3].t().contiguous().t()
+            out = torch.ops.fastorals.augment_apply_triton(*args)
+            assert torch.equal(out, _eager(args)), (b, trial)
+            kept.append((out, out.clone()))
+        s = torch.cuda.Stream()
+        with torch.cuda.stream(s):
+            out = torch.ops.fastorals.augment_apply_triton(*args)
+        torch.cuda.synchronize()
+        assert torch.equal(out, _eager(args))
+        for out, copy in kept:  # results are the caller's own: later replays do not overwrite them
+            assert torch.equal(out, copy)
+    assert len(T._GRAPHS) == 2 and not T._GRAPHS.failures
+
+
+@pytest.mark.gpu
+def test_gpu_graph_cache_evicts_and_stays_out_of_user_captures():
+    from fastorals._graphs import GraphCache
+    from fastorals.augment import triton as T
+
+    cuda = torch.device("cuda")
+    cache = GraphCache(capacity=2)
+    fn = lambda a, b: a * 2 + b
+    for n in (3, 4, 5, 3):
+        a, b = torch.randn(n, device=cuda), torch.randn(n, device=cuda)
+        assert torch.equal(cache(fn, (a, b)), fn(a, b))
+    assert len(cache) == 2
+    cache.enabled = False
+    assert not cache.usable((a, b))
+    cache.clear()
+    assert len(cache) == 0
+    # inside a user's own graph capture the op launches normally (captured into the user's graph)
+    args = list(_to(random_batch(random.Random(4), 4, 3, 64, 64, 3, seed=4), cuda))
+    expect = _eager(args)
+    torch.ops.fastorals.augment_apply_triton(*args)  # compile outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = torch.ops.fastorals.augment_apply_triton(*args)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, expect)
+    assert not T._GRAPHS.failures
+
+
+def test_graph_cache_passes_cpu_calls_through():
+    from fastorals._graphs import GraphCache
+
+    cache = GraphCache()
+    a = torch.arange(3)
+    assert not cache.usable((a,))
+    assert torch.equal(cache(lambda x: x + 1, (a,)), a + 1) and len(cache) == 0
+    with pytest.raises(ValueError, match="capacity"):
+        GraphCache(capacity=0)
+
+
 @pytest.mark.parametrize("kernel", ["_augment_kernel", "_load_kernel", "_stats_kernel", "_stage_kernel",
                                     "_store_kernel"])
-def test_kernel_compiles_for_a_cuda_target_without_fused_float32_multiply_add(kernel):
+def test_kernel_compiles_for_a_cuda_target_without_fused_multiply_add(kernel):
     # Compiles to PTX without a GPU (catches what the interpreter cannot: constexpr misuse, types,
-    # atomics); no float32 FMA may appear, or blends and filters would round differently from Pillow.
+    # atomics). No product of ours may be fused into an FMA, or blends, filters, affine maps and
+    # resampling would round differently from Pillow; that must hold with FMA contraction on too,
+    # since torch.compile launches user kernels with it on: the FMAs compiled with contraction on
+    # are exactly those of libdevice's sin (present with it off too), and no product flushes subnormals.
     import inspect
 
     import triton
@@ -196,7 +281,11 @@ def test_kernel_compiles_for_a_cuda_target_without_fused_float32_multiply_add(ke
         sig[n] = ptrs.get(n) or ("i32" if n in ("K", "C", "H", "W", "k", "p", "TILES") else
                                  "constexpr" if n in ("FLOAT_OUT", "BLOCK") else "fp32")
     consts = {n: v for n, v in (("FLOAT_OUT", True), ("BLOCK", T.BLOCK)) if n in sig}
-    src = ASTSource(fn=fn, signature=sig, constexprs=consts)
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "enable_fp_fusion": False})
-    ptx = k.asm["ptx"]
-    assert "fma.rn.f32" not in ptx and "div.full.f32" not in ptx
+    ptx = {}
+    for fusion in (True, False):
+        src = ASTSource(fn=fn, signature=sig, constexprs=consts)
+        k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "enable_fp_fusion": fusion})
+        ptx[fusion] = k.asm["ptx"]
+    for code in ptx.values():
+        assert "fma.rn.f32" not in code and "div.full.f32" not in code and "mul.rn.ftz" not in code
+    assert ptx[True].count("fma.rn.f64") == ptx[False].count("fma.rn.f64")
