@@ -32,13 +32,15 @@ def _configs(h: int, w: int, b: int) -> list[tuple[int, int, Optional[int]]]:
     from fastorals.augment import triton as T
 
     n = T.tiles_per_image(b, h, w)
-    out: list[tuple[int, int, Optional[int]]] = [(n, 1024, 4), (1, 1024, 8)]
-    for block, warps in ((512, 4), (256, 4), (2048, 8), (1024, 8), (512, 2), (2048, 4)):
+    out: list[tuple[int, int, Optional[int]]] = [(n, T.tile_pixels(n), 4), (1, T.BLOCK, 8)]
+    for block, warps in ((1024, 4), (256, 4), (512, 8), (2048, 8), (512, 2), (1024, 8)):
         tiles = -(-h * w // block)
         for t in (tiles, max(2, tiles // 2)):
             if (t, block, warps) not in out:
                 out.append((t, block, warps))
-    out += [(max(2, n // 2), 1024, 4), (max(2, n // 4), 1024, 4), (1, 2048, 16)]
+    for cfg in ((-(-h * w // 1024), 1024, 4), (1, 2048, 16)):
+        if cfg not in out:
+            out.append(cfg)
     return out
 
 

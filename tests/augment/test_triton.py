@@ -103,12 +103,14 @@ def test_tiled_path_equals_one_program_per_image(seed, tiles, block, c, h, w, k)
 
 
 def test_programs_per_image_rule():
-    from fastorals.augment.triton import BLOCK, tiles_per_image
+    from fastorals.augment.triton import BLOCK, TILED_BLOCK, tile_pixels, tiles_per_image
 
     assert tiles_per_image(1024, 32, 32) == 1  # CIFAR: one program per image
-    assert tiles_per_image(64, 224, 224) == -(-224 * 224 // BLOCK)  # ImageNet, small batch: one per block
-    assert 4 <= tiles_per_image(4096, 224, 224) < -(-224 * 224 // BLOCK)  # large batch: fewer, at least 4
+    assert tiles_per_image(1, 63, 64) == 1 and tiles_per_image(1, 64, 64) == 4 * BLOCK // TILED_BLOCK
+    assert tiles_per_image(64, 224, 224) == -(-224 * 224 // TILED_BLOCK)  # ImageNet, small batch: one per tile
+    assert 4 <= tiles_per_image(4096, 224, 224) < -(-224 * 224 // TILED_BLOCK)  # large batch: fewer, at least 4
     assert tiles_per_image(1, 8000, 8000) == 16384  # capped
+    assert tile_pixels(1) == BLOCK and tile_pixels(98) == TILED_BLOCK
 
 
 def test_chain_buffers_follow_the_ops_that_move_the_image():
