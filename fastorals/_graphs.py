@@ -93,7 +93,7 @@ class GraphCache:
         if not self.usable(tensors):
             return fn(*tensors)
         sig = (key, *((tuple(t.shape), t.dtype, t.device) for t in tensors))
-        with self._lock:
+        with self._lock, torch.cuda.device(tensors[0].device):  # streams, capture and replay on that device
             entry = self._entries.get(sig)
             if entry is None:
                 if sig in self._failed:
@@ -115,7 +115,10 @@ class GraphCache:
     def _capture(self, sig: Hashable, fn: Callable[..., torch.Tensor], tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         dev = tensors[0].device
         cur = torch.cuda.current_stream(dev)
-        statics = [torch.empty(t.shape, dtype=t.dtype, device=dev).copy_(t) for t in tensors]
+        with torch.inference_mode(False):  # buffers later calls may copy into outside inference mode
+            statics = [torch.empty(t.shape, dtype=t.dtype, device=dev) for t in tensors]
+        for s, t in zip(statics, tensors):
+            s.copy_(t)
         side = torch.cuda.Stream(dev)
         side.wait_stream(cur)
         graph = torch.cuda.CUDAGraph()

@@ -230,6 +230,15 @@ def test_gpu_graph_cache_evicts_and_stays_out_of_user_captures():
         a, b = torch.randn(n, device=cuda), torch.randn(n, device=cuda)
         assert torch.equal(cache(fn, (a, b)), fn(a, b))
     assert len(cache) == 2
+    cache.clear()
+    with torch.inference_mode():  # captured in inference mode, replayed outside it and back in it
+        a, b = torch.randn(6, device=cuda), torch.randn(6, device=cuda)
+        assert torch.equal(cache(fn, (a, b)), fn(a, b))
+    a, b = torch.randn(6, device=cuda), torch.randn(6, device=cuda)
+    assert torch.equal(cache(fn, (a, b)), fn(a, b))
+    with torch.inference_mode():
+        assert torch.equal(cache(fn, (a, b)), fn(a, b))
+    assert len(cache) == 1 and not cache.failures
     cache.enabled = False
     assert not cache.usable((a, b))
     cache.clear()
