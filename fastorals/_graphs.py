@@ -104,7 +104,8 @@ class GraphCache:
             if entry.done is not None:  # the last replay may have run on another stream
                 cur.wait_event(entry.done)
             for s, t in zip(entry.statics, tensors):
-                s.copy_(t)
+                if t.numel():
+                    s.copy_(t)
             entry.graph.replay()
             out = entry.out.clone()
             if entry.done is None:
