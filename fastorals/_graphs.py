@@ -71,14 +71,23 @@ class GraphCache:
         return dict(self._failed)
 
     def clear(self) -> None:
-        """Drop every graph (and its memory)."""
+        """Drop every graph (and its memory, once its last use has finished)."""
         with self._lock:
-            self._entries.clear()
+            while self._entries:
+                self._drop_oldest()
             self._failed.clear()
+
+    def _drop_oldest(self) -> None:
+        _, entry = self._entries.popitem(last=False)
+        if entry.done is not None:  # its buffers return to the allocator: no replay may still use them
+            entry.done.synchronize()
 
     def usable(self, tensors: Sequence[torch.Tensor]) -> bool:
         """Whether a call on these inputs would use a graph."""
         if not self.enabled or not tensors or not tensors[0].is_cuda:
+            return False
+        dev = tensors[0].device
+        if any(t.device != dev for t in tensors):
             return False
         if any(type(t) is not torch.Tensor for t in tensors) or any(t.requires_grad for t in tensors):
             return False
@@ -101,7 +110,7 @@ class GraphCache:
                 return self._capture(sig, fn, tensors)
             self._entries.move_to_end(sig)
             cur = torch.cuda.current_stream(tensors[0].device)
-            if entry.done is not None:  # the last replay may have run on another stream
+            if entry.done is not None:  # the last use may have run on another stream
                 cur.wait_event(entry.done)
             for s, t in zip(entry.statics, tensors):
                 if t.numel():
@@ -138,7 +147,10 @@ class GraphCache:
         cur.wait_stream(side)
         result.record_stream(cur)
         if out is not None:
-            self._entries[sig] = _Entry(statics, graph, out)
+            entry = _Entry(statics, graph, out)
+            entry.done = torch.cuda.Event()
+            entry.done.record(cur)  # the warm-up read the static inputs: a next call waits for it
+            self._entries[sig] = entry
             while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+                self._drop_oldest()
         return result

@@ -71,7 +71,9 @@ _INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 @triton.jit
 def _mul(a, b):
     """``a * b`` rounded once to ``a``'s float type and never fused with an add (Pillow's
-    builds do not fuse either); ``a`` is a tensor, ``b`` a tensor or a Python float."""
+    builds do not fuse either). ``a`` is a tensor; ``b`` a tensor or a Python float that float32
+    represents exactly (Triton makes a float literal a float32 constant: pass any other value as
+    ``tl.full([], value, tl.float64)``)."""
     if _INTERPRETED:
         return a * b
     elif a.dtype == tl.float32:  # exact in float64, then one rounding (libdevice's float32 one flushes subnormals)
@@ -96,7 +98,7 @@ def _clip8(t):
 
 @triton.jit
 def _sinc(x):
-    px = _mul(x, 3.141592653589793)
+    px = _mul(x, tl.full([], 3.141592653589793, tl.float64))  # a float literal would be a float32 constant
     safe = tl.where(x == 0.0, 1.0, px)
     return tl.where(x == 0.0, 1.0, tl.sin(safe) / safe)
 
@@ -727,6 +729,19 @@ def geometric_params(ops: torch.Tensor, values: torch.Tensor, height: int, width
     return geo
 
 
+@torch.library.custom_op("fastorals::augment_geometric_params", mutates_args=())
+def _geometric_params_op(ops: torch.Tensor, values: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """:func:`geometric_params` as an op ``torch.compile`` calls rather than traces: inductor would
+    lower its float64 arithmetic differently (FMA contraction, ``round(x, 15)`` as a multiply by
+    1e-15), so compiled rotations could land on other fixed-point pixels than eager ones."""
+    return geometric_params(ops, values, height, width).contiguous()
+
+
+@_geometric_params_op.register_fake
+def _(ops: torch.Tensor, values: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return values.new_empty((*ops.shape, 8), dtype=torch.float64)
+
+
 def _launch(kernel, grid, *args, **kwargs):
     launcher = wrap_triton(kernel)[grid]
     try:
@@ -797,7 +812,7 @@ def apply_chains(
     values = values.contiguous()
     crop, flip, cutout = crop.contiguous(), flip.contiguous(), cutout.contiguous()
     mean, std = mean.contiguous(), std.contiguous()
-    geo = geometric_params(ops, values, h, w).contiguous()
+    geo = torch.ops.fastorals.augment_geometric_params(ops, values, h, w)
     bufs = torch.empty((b, 2, c, h, w), dtype=torch.uint8, device=dev)
     e, d, s = _KERNELS[0], _KERNELS[1], _KERNELS[2]
     if tiles == 1:

@@ -129,6 +129,17 @@ def test_chain_buffers_follow_the_ops_that_move_the_image():
     assert cur.shape == (2, 0) and final.tolist() == [0, 0]
 
 
+def test_geometric_params_op_is_the_function_and_passes_opcheck():
+    # an op (not traced by torch.compile, which would lower its float64 arithmetic differently)
+    from fastorals.augment.triton import geometric_params
+
+    ops = torch.tensor([[O.ROTATE, O.SHEAR_X, O.NONE], [O.FLIP, O.ROTATE, O.TRANSLATE_Y]], dtype=torch.int32)
+    vals = torch.tensor([[17.3, 0.21, 0.0], [0.0, -90.0, 3.0]], dtype=torch.float64)
+    got = torch.ops.fastorals.augment_geometric_params(ops, vals, 9, 9)
+    assert torch.equal(got, geometric_params(ops, vals, 9, 9)) and got.is_contiguous()
+    torch.library.opcheck(torch.ops.fastorals.augment_geometric_params, (ops, vals, 9, 9))
+
+
 @pytest.mark.parametrize("tiles, block", [(0, 16), (2, 24), (2, 8)])
 def test_apply_chains_rejects_bad_split(tiles, block):
     from fastorals.augment.triton import apply_chains
@@ -300,3 +311,5 @@ def test_kernel_compiles_for_a_cuda_target_without_fused_multiply_add(kernel):
     for code in ptx.values():
         assert "fma.rn.f32" not in code and "div.full.f32" not in code and "mul.rn.ftz" not in code
     assert ptx[True].count("fma.rn.f64") == ptx[False].count("fma.rn.f64")
+    if kernel in ("_augment_kernel", "_stage_kernel"):  # Lanczos: pi as a double, not a float32 literal
+        assert "3.1415926535897931" in k.asm["ttir"] and "3.1415927410125732" not in k.asm["ttir"]
