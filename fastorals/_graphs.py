@@ -34,11 +34,11 @@ def _enabled_by_env() -> bool:
 class _Entry:
     __slots__ = ("done", "graph", "out", "statics")
 
-    def __init__(self, statics: list[torch.Tensor], graph: Any, out: torch.Tensor):
+    def __init__(self, statics: list[torch.Tensor], graph: Any, out: torch.Tensor, done: Any):
         self.statics = statics
         self.graph = graph
         self.out = out
-        self.done: Optional[torch.cuda.Event] = None  # after the last replay's output copy
+        self.done = done  # a CUDA event recorded after the entry's last use (warm-up, or replay + copy)
 
 
 class GraphCache:
@@ -79,8 +79,7 @@ class GraphCache:
 
     def _drop_oldest(self) -> None:
         _, entry = self._entries.popitem(last=False)
-        if entry.done is not None:  # its buffers return to the allocator: no replay may still use them
-            entry.done.synchronize()
+        entry.done.synchronize()  # its buffers return to the allocator: no replay may still use them
 
     def usable(self, tensors: Sequence[torch.Tensor]) -> bool:
         """Whether a call on these inputs would use a graph."""
@@ -110,15 +109,12 @@ class GraphCache:
                 return self._capture(sig, fn, tensors)
             self._entries.move_to_end(sig)
             cur = torch.cuda.current_stream(tensors[0].device)
-            if entry.done is not None:  # the last use may have run on another stream
-                cur.wait_event(entry.done)
+            cur.wait_event(entry.done)  # the last use may have run on another stream
             for s, t in zip(entry.statics, tensors):
                 if t.numel():
                     s.copy_(t)
             entry.graph.replay()
             out = entry.out.clone()
-            if entry.done is None:
-                entry.done = torch.cuda.Event()
             entry.done.record(cur)
             return out
 
@@ -145,12 +141,12 @@ class GraphCache:
                 self._failed[sig] = f"{type(e).__name__}: {e}"
                 out = None
         cur.wait_stream(side)
-        result.record_stream(cur)
+        if result.is_cuda:
+            result.record_stream(cur)
         if out is not None:
-            entry = _Entry(statics, graph, out)
-            entry.done = torch.cuda.Event()
-            entry.done.record(cur)  # the warm-up read the static inputs: a next call waits for it
-            self._entries[sig] = entry
+            done = torch.cuda.Event()
+            done.record(cur)  # the warm-up read the static inputs: a next call waits for it
+            self._entries[sig] = _Entry(statics, graph, out, done)
             while len(self._entries) > self.capacity:
                 self._drop_oldest()
         return result
