@@ -285,10 +285,11 @@ def _resize_pass(src, dst, C, H, W, in_size, out_size, o0, t0, tstep, HORIZ: tl.
             acc = tl.full([BLOCK], 2097152, dtype=tl.int32)
             for k in range(0, ks):
                 w = _lanczos(_mul((k + xmin).to(tl.float64) - center + 0.5, inv))
-                kn = tl.where(ww != 0.0, w / wsafe, w)
+                use = valid & (k < xmax)
+                # taps outside the window are 0 before the fixed-point cast (they could overflow it)
+                kn = tl.where(use, tl.where(ww != 0.0, w / wsafe, w), 0.0)
                 kf = tl.where(kn < 0.0, (-0.5 + _mul(kn, 4194304.0)).to(tl.int32),
                               (0.5 + _mul(kn, 4194304.0)).to(tl.int32))
-                use = valid & (k < xmax)
                 pix = tl.load(base + (xmin + k) * stride, mask=use, other=0).to(tl.int32)
                 acc += tl.where(use, pix * kf, 0)
             res = tl.minimum(tl.maximum(acc >> 22, 0), 255)
