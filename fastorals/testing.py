@@ -188,3 +188,48 @@ def triton_test_device() -> Optional[torch.device]:
     return None
 
 
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gloo_entry(rank: int, worker, world: int, port: int, args: tuple) -> None:
+    import gc
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        worker(rank, world, *args)
+        gc.collect()  # DDP wrappers the worker made hold the group: gone before it is destroyed
+        dist.barrier()  # every rank is done with every collective
+    finally:
+        dist.destroy_process_group()
+
+
+def run_gloo_ranks(worker, *args, world: int = 2) -> None:
+    """Run ``worker(rank, world, *args)`` in ``world`` spawned CPU processes joined in a gloo process
+    group (set up before and torn down after the worker; ``worker`` must be a module-level function).
+
+    A rank killed by a signal (a gloo thread aborting at teardown, seen once in CI) runs all ranks
+    once more on a fresh port; an exception raised by the worker, or a second crash, propagates.
+
+    Example:
+        >>> run_gloo_ranks(_worker, str(tmp_path))  # doctest: +SKIP
+    """
+    import torch.multiprocessing as mp
+
+    for attempt in range(2):
+        try:
+            mp.start_processes(_gloo_entry, args=(worker, world, _free_port(), args), nprocs=world, join=True,
+                               start_method="spawn")
+            return
+        except mp.ProcessExitedException as exc:
+            if exc.signal_name is None or attempt:
+                raise

@@ -2,17 +2,10 @@
 end with the levels (and counts) a single process computes; diverged levels are detected."""
 
 import os
-import socket
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from fastorals.testing import run_gloo_ranks
 
 
 def _setup():
@@ -37,9 +30,7 @@ def _run_updates(cur, model, pool, steps=3):
     return out
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank: int, world: int, out_dir: str) -> None:
     from fastorals import curriculum as cu
     from fastorals import data, training
 
@@ -72,11 +63,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         caught = str(exc)
     torch.save({"updates": updates, "aug": aug, "fit_history": cur2.history, "caught": caught},
                os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
 
 
 def test_levels_identical_on_every_rank_and_equal_to_one_process(tmp_path):
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    run_gloo_ranks(_worker, str(tmp_path))
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
 

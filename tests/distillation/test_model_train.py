@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from fastorals.distillation import (
     UCB,
@@ -23,7 +21,7 @@ from fastorals.distillation import (
     shift_history,
     train_ad,
 )
-from fastorals.testing import assert_close, assert_raises
+from fastorals.testing import assert_close, assert_raises, run_gloo_ranks
 
 
 def _tiny(**kw):
@@ -171,17 +169,7 @@ def test_windows_align_to_episodes():
 # ----------------------------------------------------------------------------- DDP
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world: int, port: int, out_dir: str, data: str) -> None:
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_worker(rank: int, world: int, out_dir: str, data: str) -> None:
     torch.set_num_threads(1)
     hist = LearningHistories.load(data)
     torch.manual_seed(0)
@@ -190,15 +178,13 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str, data: str) -> No
                    checkpoint=os.path.join(out_dir, "ck.pt"), checkpoint_every=3)
     torch.save({"params": [p.detach() for p in m.parameters()], "loss": res.loss},
                os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
 
 
 def test_train_under_ddp_two_gloo_processes(tmp_path):
     data = tmp_path / "h.npz"
     collect_learning_histories(BernoulliBandit(8, seed=0), UCB(), num_tasks=8, num_episodes=20, path=data,
                                progress=False)
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path), str(data)), nprocs=2, join=True,
-                       start_method="spawn")
+    run_gloo_ranks(_ddp_worker, str(tmp_path), str(data))
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for a, b in zip(r0["params"], r1["params"]):

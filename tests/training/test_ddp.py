@@ -1,22 +1,13 @@
 """fit under DDP: 2 gloo processes on CPU end with identical parameters, each saw half the data."""
 
 import os
-import socket
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from fastorals.testing import run_gloo_ranks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank: int, world: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     from fastorals import data, models, training
 
@@ -31,11 +22,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     hist = training.fit(model, loader, epochs=2, lr=0.1, progress=False, checkpoint=ck)
     torch.save({"params": [p.detach() for p in model.parameters()], "n": len(loader), "loss": hist.train_loss},
                os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
 
 
 def test_fit_under_ddp_two_gloo_processes(tmp_path):
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    run_gloo_ranks(_worker, str(tmp_path))
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0["n"] == r1["n"] == 4  # 64 samples / 2 ranks / batch 8
