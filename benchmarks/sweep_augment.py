@@ -3,8 +3,9 @@
 For 224 px images (batch 64, chains of 0/2/5/10 ops at their level, the CIFAR pipeline), times
 the kernels alone for each (programs per image, pixels per tile, warps), eagerly (launched
 directly, as in the registered op) and replayed from a CUDA graph (no host launch cost), checks
-every configuration gives the same bytes, and times the public :class:`~fastorals.augment.BatchAugment` with a CPU and a CUDA
-generator beside them. Writes ``<out>/<device>-augment-sweep.{md,json}``.
+every configuration gives the same bytes, and times the public
+:class:`~fastorals.augment.BatchAugment` with a CPU and a CUDA generator beside them. Writes
+``<out>/<device>-augment-sweep.{md,json}``.
 
     python -m benchmarks.sweep_augment [--budget 150] [--out benchmarks/results]
 """
@@ -22,7 +23,7 @@ import torch
 from fastorals import augment
 
 from . import harness
-from .bench_augment import _Draws, _images
+from .bench_augment import _Draws, _images, _no_graphs
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -103,12 +104,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         st = torch.full((b,), n, dtype=torch.int64)
         for gname, gdev, graphs in (("cpu generator", "cpu", True), ("cuda generator", "cuda", True),
                                     ("cpu generator, no graphs", "cpu", False)):
-            def fn(st=st, gd=gdev, graphs=graphs):
-                T._GRAPHS.enabled = graphs
-                try:
-                    return aug(images, st, torch.Generator(device=gd).manual_seed(1))
-                finally:
-                    T._GRAPHS.enabled = True
+            def call(st=st, gd=gdev):
+                return aug(images, st, torch.Generator(device=gd).manual_seed(1))
+            fn = call if graphs else _no_graphs(call)
             fn()  # compile and capture outside the timing
             emit({"what": f"BatchAugment ({gname})", "ops": n, "ms": _ms(harness.time_cuda(fn, max_time_s=a.rep_s))})
     expect = {n: _direct(T.apply_chains, *args[n], tiles=1) for n in levels}

@@ -17,9 +17,11 @@ used beyond ``capacity``) or :meth:`GraphCache.clear` is called.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any, Callable, Hashable, Optional, Sequence
 
 import torch
@@ -69,6 +71,16 @@ class GraphCache:
     def failures(self) -> dict[Hashable, str]:
         """Signatures whose capture failed (they run eagerly), with the error."""
         return dict(self._failed)
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Calls inside launch their work directly (no graph); the previous setting comes back after."""
+        before = self.enabled
+        self.enabled = False
+        try:
+            yield
+        finally:
+            self.enabled = before
 
     def clear(self) -> None:
         """Drop every graph (and its memory, once its last use has finished)."""

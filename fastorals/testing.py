@@ -188,8 +188,6 @@ def triton_test_device() -> Optional[torch.device]:
     return None
 
 
-
-
 def _free_port() -> int:
     import socket
 

@@ -192,11 +192,8 @@ def test_gpu_tiled_path_on_imagenet_sized_images():
 def _eager(args):
     from fastorals.augment import triton as T
 
-    T._GRAPHS.enabled = False
-    try:
+    with T._GRAPHS.disabled():
         return torch.ops.fastorals.augment_apply_triton(*args)
-    finally:
-        T._GRAPHS.enabled = True
 
 
 @pytest.mark.gpu

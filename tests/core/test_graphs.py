@@ -149,12 +149,19 @@ def test_failed_capture_runs_eagerly_from_then_on(fake_cuda):
 
 def test_disabled_cache_calls_the_function(fake_cuda):
     cache = GraphCache()
-    cache.enabled = False
     calls = []
     fn = _fn(calls)
-    for _ in range(3):
+    with cache.disabled():
+        for _ in range(3):
+            cache(fn, (torch.ones(2), torch.ones(2)))
+    assert len(calls) == 3 and len(cache) == 0 and cache.enabled
+    cache.enabled = False
+    with cache.disabled():  # the setting before comes back, whatever it was
+        pass
+    assert not cache.enabled
+    for _ in range(2):
         cache(fn, (torch.ones(2), torch.ones(2)))
-    assert len(calls) == 3 and len(cache) == 0
+    assert len(calls) == 5 and len(cache) == 0
 
 
 def test_environment_switch(monkeypatch):
