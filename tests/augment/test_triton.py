@@ -264,17 +264,6 @@ def test_gpu_graph_cache_evicts_and_stays_out_of_user_captures():
     assert not T._GRAPHS.failures
 
 
-def test_graph_cache_passes_cpu_calls_through():
-    from fastorals._graphs import GraphCache
-
-    cache = GraphCache()
-    a = torch.arange(3)
-    assert not cache.usable((a,))
-    assert torch.equal(cache(lambda x: x + 1, (a,)), a + 1) and len(cache) == 0
-    with pytest.raises(ValueError, match="capacity"):
-        GraphCache(capacity=0)
-
-
 @pytest.mark.parametrize("kernel", ["_augment_kernel", "_load_kernel", "_stats_kernel", "_stage_kernel",
                                     "_store_kernel"])
 def test_kernel_compiles_for_a_cuda_target_without_fused_multiply_add(kernel):

@@ -164,6 +164,15 @@ def test_disabled_cache_calls_the_function(fake_cuda):
     assert len(calls) == 5 and len(cache) == 0
 
 
+def test_cpu_calls_pass_through_and_capacity_is_checked():
+    cache = GraphCache()
+    a = torch.arange(3)
+    assert not cache.usable((a,))
+    assert torch.equal(cache(lambda x: x + 1, (a,)), a + 1) and len(cache) == 0
+    with pytest.raises(ValueError, match="capacity"):
+        GraphCache(capacity=0)
+
+
 def test_environment_switch(monkeypatch):
     monkeypatch.setenv("FASTORALS_CUDA_GRAPHS", "0")
     assert not GraphCache().enabled
