@@ -222,7 +222,9 @@ def cases(mode: str, device: str):
     aug = augment.BatchAugment.cifar(cutout=16)
     level = 1.0 / (255.0 * min(aug.std))  # one intensity level after normalize
     verify = functools.partial(_verify, level=level)
-    for size, batch, levels in plan:
+    if device == "cuda" and mode != "smoke":  # also a full ImageNet-sized batch: host costs amortized
+        plan = [*plan, (224, 32, (0, 10), "-b256")]
+    for size, batch, levels, *suffix in plan:
         if device == "cuda":
             batch = batch * 8
         images = _images(batch, size).to(device)
@@ -243,7 +245,7 @@ def cases(mode: str, device: str):
             peers["kornia"] = (lambda im=images, dd=d: _kornia(im, dd))
             ref = (lambda im=images_cpu, dd=d: _reference(im, dd)) if device == "cpu" or size == 32 else None
             yield Case(
-                op="augment_chain", name=f"{size}px-{n}ops", shape=f"{batch}x3x{size}x{size}", dtype="uint8",
+                op="augment_chain", name=f"{size}px-{n}ops{''.join(suffix)}", shape=f"{batch}x3x{size}x{size}", dtype="uint8",
                 device=device, fast=fast, reference=ref, peers=peers,
                 backend={"fastorals": "cpp" if device == "cpu" else "triton", "fastorals-1t": "cpp",
                          "fastorals-nograph": "triton"},

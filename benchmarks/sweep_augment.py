@@ -4,7 +4,8 @@ For 224 px images (batch 64, chains of 0/2/5/10 ops at their level, the CIFAR pi
 the kernels alone for each (programs per image, pixels per tile, warps), eagerly (launched
 directly, as in the registered op) and replayed from a CUDA graph (no host launch cost), checks
 every configuration gives the same bytes, and times the public
-:class:`~fastorals.augment.BatchAugment` with a CPU and a CUDA generator beside them. Writes
+:class:`~fastorals.augment.BatchAugment` with a CPU and a CUDA generator beside them, with the
+host's share of a call (draws and transfer alone; whole calls back to back and waited for). Writes
 ``<out>/<device>-augment-sweep.{md,json}``.
 
     python -m benchmarks.sweep_augment [--budget 150] [--out benchmarks/results]
@@ -13,9 +14,11 @@ every configuration gives the same bytes, and times the public
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 import torch
@@ -68,6 +71,34 @@ def _graph(fn: Callable[[], Any]) -> Callable[[], Any]:
     return g.replay
 
 
+def _host_ms(fn: Callable[[], Any], rep_s: float, sync_each: bool) -> float:
+    """Host wall time per call (ms): calls back to back with one wait at the end (what a training
+    loop pays when the device keeps up), or each waited for (latency)."""
+    fn()
+    torch.cuda.synchronize()
+    n, t0 = 0, time.perf_counter()
+    while n < 20 or time.perf_counter() - t0 < rep_s:
+        fn()
+        if sync_each:
+            torch.cuda.synchronize()
+        n += 1
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n * 1000.0
+
+
+@contextlib.contextmanager
+def _no_launch() -> Iterator[None]:
+    """BatchAugment's calls stop before the kernel (they return the images): draws + transfer."""
+    from fastorals.augment import api
+
+    real = api._launch
+    api._launch = lambda images, *args, **kwargs: images
+    try:
+        yield
+    finally:
+        api._launch = real
+
+
 def _ms(samples: list[float]) -> float:
     return harness.quantile(samples, 0.5) * 1000.0
 
@@ -109,6 +140,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             fn = call if graphs else _no_graphs(call)
             fn()  # compile and capture outside the timing
             emit({"what": f"BatchAugment ({gname})", "ops": n, "ms": _ms(harness.time_cuda(fn, max_time_s=a.rep_s))})
+        # where a call's time goes, on the host's clock (CPU generator, graphs on)
+        call = (lambda st=st: aug(images, st, torch.Generator().manual_seed(1)))
+        emit({"what": "host: whole call, back to back", "ops": n, "ms": _host_ms(call, a.rep_s, sync_each=False)})
+        emit({"what": "host: whole call, waited for", "ops": n, "ms": _host_ms(call, a.rep_s, sync_each=True)})
+        with _no_launch():
+            emit({"what": "host: draws + transfer only", "ops": n, "ms": _host_ms(call, a.rep_s, sync_each=False)})
     expect = {n: _direct(T.apply_chains, *args[n], tiles=1) for n in levels}
     torch.cuda.synchronize()
     skipped = 0

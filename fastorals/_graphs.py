@@ -6,7 +6,8 @@ launcher takes tens of microseconds per launch. :class:`GraphCache` captures suc
 per input signature (shapes, dtypes, device and any extra key) on static input buffers, and later
 calls copy their inputs into those buffers, replay the graph (one host call) and return a copy of
 the static output. Results are the same bytes as calling the function: the same kernels run on the
-same values.
+same values. Inputs that view one storage (several small arguments unpacked from one buffer) are
+copied as one byte span, so a call costs one copy per distinct storage rather than one per tensor.
 
 Used only where it is safe: CUDA inputs that are plain tensors (not fake or functional tensors of
 a ``torch.compile`` trace), not while the current stream is itself being captured, and while
@@ -33,14 +34,75 @@ def _enabled_by_env() -> bool:
     return os.environ.get("FASTORALS_CUDA_GRAPHS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-class _Entry:
-    __slots__ = ("done", "graph", "out", "statics")
+_ALIGN = 16  # a byte span starts on this boundary: every dtype's views keep their alignment
 
-    def __init__(self, statics: list[torch.Tensor], graph: Any, out: torch.Tensor, done: Any):
-        self.statics = statics
+
+class _Layout:
+    """How a call's inputs reach the graph's buffers.
+
+    ``singles``: indices of inputs copied on their own (into contiguous buffers). ``groups``:
+    ``(lo, hi, indices)`` per storage that two or more non-empty inputs view: bytes ``[lo, hi)`` of
+    that storage are copied with one copy, into a buffer where each input keeps its strides and its
+    offset from ``lo``. ``sig``: the part of the signature this layout fixes.
+    """
+
+    __slots__ = ("groups", "sig", "singles")
+
+    def __init__(self, tensors: Sequence[torch.Tensor]):
+        by_base: dict[int, list[int]] = {}
+        spans: list[tuple[int, int]] = []
+        for i, t in enumerate(tensors):
+            if t.numel() == 0:
+                spans.append((0, 0))
+                continue
+            es = t.element_size()
+            lo = t.storage_offset() * es
+            hi = lo + es * (1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride())))
+            spans.append((lo, hi))
+            by_base.setdefault(t.data_ptr() - lo, []).append(i)
+        member = [-1] * len(tensors)
+        self.groups: list[tuple[int, int, tuple[int, ...]]] = []
+        for idx in by_base.values():
+            if len(idx) < 2:
+                continue
+            lo = min(spans[i][0] for i in idx) // _ALIGN * _ALIGN
+            hi = max(spans[i][1] for i in idx)
+            for i in idx:
+                member[i] = len(self.groups)
+            self.groups.append((lo, hi, tuple(idx)))
+        self.singles = [i for i in range(len(tensors)) if member[i] < 0]
+        self.sig = tuple(
+            (tuple(t.shape), t.dtype, t.device) if member[i] < 0 else
+            (tuple(t.shape), t.dtype, t.device, member[i], t.stride(), spans[i][0] - self.groups[member[i]][0])
+            for i, t in enumerate(tensors)
+        ) + tuple(hi - lo for lo, hi, _ in self.groups)
+
+
+def _byte_span(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Bytes ``[lo, hi)`` of ``t``'s storage, as a uint8 tensor."""
+    return torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage(), lo, (hi - lo,), (1,))
+
+
+class _Entry:
+    __slots__ = ("done", "graph", "layout", "out", "spans", "statics")
+
+    def __init__(self, layout: _Layout, statics: list[torch.Tensor], spans: list[torch.Tensor], graph: Any,
+                 out: torch.Tensor, done: Any):
+        self.layout = layout
+        self.statics = statics  # one buffer (or view of a span buffer) per input
+        self.spans = spans  # one byte buffer per group of the layout
         self.graph = graph
         self.out = out
         self.done = done  # a CUDA event recorded after the entry's last use (warm-up, or replay + copy)
+
+    def load(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Copy a call's inputs into the buffers: one copy per single input, one per group."""
+        for i in self.layout.singles:
+            t = tensors[i]
+            if t.numel():
+                self.statics[i].copy_(t)
+        for span, (lo, hi, idx) in zip(self.spans, self.layout.groups):
+            span.copy_(_byte_span(tensors[idx[0]], lo, hi))
 
 
 class GraphCache:
@@ -112,31 +174,57 @@ class GraphCache:
         tensors' values (no host reads of them) for a given ``key`` and input signature."""
         if not self.usable(tensors):
             return fn(*tensors)
-        sig = (key, *((tuple(t.shape), t.dtype, t.device) for t in tensors))
+        layout = _Layout(tensors)
+        sig = (key, *layout.sig)
         with self._lock, torch.cuda.device(tensors[0].device):  # streams, capture and replay on that device
-            entry = self._entries.get(sig)
-            if entry is None:
-                if sig in self._failed:
-                    return fn(*tensors)
-                return self._capture(sig, fn, tensors)
-            self._entries.move_to_end(sig)
-            cur = torch.cuda.current_stream(tensors[0].device)
-            cur.wait_event(entry.done)  # the last use may have run on another stream
-            for s, t in zip(entry.statics, tensors):
-                if t.numel():
-                    s.copy_(t)
-            entry.graph.replay()
-            out = entry.out.clone()
-            entry.done.record(cur)
-            return out
+            out = self._replay(sig, tensors)
+            if out is not None:
+                return out
+            if sig in self._failed:
+                return fn(*tensors)
+            return self._capture(sig, layout, fn, tensors)
 
-    def _capture(self, sig: Hashable, fn: Callable[..., torch.Tensor], tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    def replay(self, tensors: Sequence[torch.Tensor], key: Hashable = ()) -> Optional[torch.Tensor]:
+        """The result of a graph already captured for this call (see :meth:`__call__`), else None:
+        lets a caller skip its own dispatch when a graph will serve."""
+        if not self._entries or not self.usable(tensors):
+            return None
+        sig = (key, *_Layout(tensors).sig)
+        with self._lock, torch.cuda.device(tensors[0].device):
+            return self._replay(sig, tensors)
+
+    def _replay(self, sig: Hashable, tensors: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
+        entry = self._entries.get(sig)
+        if entry is None:
+            return None
+        self._entries.move_to_end(sig)
+        cur = torch.cuda.current_stream(tensors[0].device)
+        cur.wait_event(entry.done)  # the last use may have run on another stream
+        entry.load(tensors)
+        entry.graph.replay()
+        out = entry.out.clone()
+        entry.done.record(cur)
+        return out
+
+    def _capture(self, sig: Hashable, layout: _Layout, fn: Callable[..., torch.Tensor],
+                 tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         dev = tensors[0].device
         cur = torch.cuda.current_stream(dev)
         with torch.inference_mode(False):  # buffers later calls may copy into outside inference mode
-            statics = [torch.empty(t.shape, dtype=t.dtype, device=dev) for t in tensors]
-        for s, t in zip(statics, tensors):
-            s.copy_(t)
+            statics: list[Any] = [None] * len(tensors)
+            for i in layout.singles:
+                statics[i] = torch.empty(tensors[i].shape, dtype=tensors[i].dtype, device=dev)
+            spans = []
+            for lo, hi, idx in layout.groups:
+                span = torch.empty(hi - lo, dtype=torch.uint8, device=dev)
+                for i in idx:
+                    t = tensors[i]
+                    off = (t.storage_offset() * t.element_size() - lo) // t.element_size()
+                    statics[i] = torch.empty(0, dtype=t.dtype, device=dev).set_(
+                        span.untyped_storage(), off, t.shape, t.stride())
+                spans.append(span)
+        entry = _Entry(layout, statics, spans, None, None, None)
+        entry.load(tensors)
         side = torch.cuda.Stream(dev)
         side.wait_stream(cur)
         graph = torch.cuda.CUDAGraph()
@@ -158,7 +246,8 @@ class GraphCache:
         if out is not None:
             done = torch.cuda.Event()
             done.record(cur)  # the warm-up read the static inputs: a next call waits for it
-            self._entries[sig] = _Entry(statics, graph, out, done)
+            entry.graph, entry.out, entry.done = graph, out, done
+            self._entries[sig] = entry
             while len(self._entries) > self.capacity:
                 self._drop_oldest()
         return result

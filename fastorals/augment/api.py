@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .._ext import select_backend
+from .._transfer import to_device_packed
 from . import opset as O
 from .ops import augment_apply, augment_apply_cpp, augment_apply_reference
 
@@ -646,23 +647,30 @@ def _output_spec(mean, std, out_dtype: Optional[torch.dtype], c: int,
     std_t = _channel_vector(std if normalize else 1.0, c, "std", dev)
     if normalize and bool((std_t == 0).any()):
         raise ValueError("std: expected non-zero values")
+    mean_t, std_t = torch.stack([mean_t, std_t])  # rows of one tensor: a graph replay loads both with one copy
     return mean_t, std_t, out_dtype == torch.float32
 
 
 def _launch(images, o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out: bool, direct: bool = False) -> torch.Tensor:
     """Run the backend's kernel on canonical arguments (see :mod:`.ops`).
 
-    ``direct``: on the C++ backend call the launcher without the registered op's dispatch
-    (tens of microseconds per call) unless a ``torch.compile`` trace needs the op.
+    ``direct``: skip the registered op's dispatch (tens of microseconds per call) unless a
+    ``torch.compile`` trace or a dispatch mode needs the op: on the C++ backend call the launcher,
+    on the Triton backend replay the op's CUDA graph when one is already captured for the call.
     """
     backend = select_backend("augment", images.device, _BACKENDS)
+    direct = direct and not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack()
     if backend == "cpp":
-        if direct and not torch.compiler.is_compiling():
+        if direct:
             return augment_apply_cpp(images, o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out)
         return augment_apply(images, o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out)
     if backend == "triton":
-        from .triton import augment_apply_triton
+        from .triton import augment_apply_triton, replay_cached
 
+        if direct:
+            out = replay_cached(images, o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out)
+            if out is not None:
+                return out
         return augment_apply_triton(images, o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out)
     return augment_apply_reference(images, o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out)
 
@@ -809,17 +817,15 @@ class BatchAugment(nn.Module):
         if spec is None:
             spec = self._spec_cache[key] = _output_spec(self.mean, self.std, self.out_dtype, c, img_dev)
         mean_t, std_t, float_out = spec
-        flip = d.flip.to(torch.uint8)
-        crop, cut = d.crop, d.cutout
-        if dev != img_dev:  # the generator's device draws, the images' device applies: two copies
-            v = v.to(img_dev)
-            ints = torch.cat([o, crop.to(torch.int32), cut.to(torch.int32), flip.to(torch.int32).unsqueeze(1)], 1)
-            ints = ints.to(img_dev)
-            o, crop, cut = ints[:, :k], ints[:, k:k + 2], ints[:, k + 2:k + 6]
-            flip = ints[:, k + 6].to(torch.uint8)
-        # views of one copy: the Triton op copies them into its graph's buffers (or makes them contiguous)
-        return _launch(images.contiguous(), o, v.contiguous(), crop, flip, cut, mean_t, std_t, float_out,
-                       direct=True)
+        parts = [(o, torch.int32), (d.crop, torch.int32), (d.flip, torch.uint8), (d.cutout, torch.int32),
+                 (v, torch.float64)]
+        if dev.type == "cpu" and img_dev.type != "cpu":
+            # drawn on the host, applied on a device: one copy (asynchronous to a GPU), whose views
+            # a graph replay also loads with one copy
+            o, crop, flip, cut, v = to_device_packed(parts, img_dev)
+        else:
+            o, crop, flip, cut, v = (t.to(device=img_dev, dtype=dt).contiguous() for t, dt in parts)
+        return _launch(images.contiguous(), o, v, crop, flip, cut, mean_t, std_t, float_out, direct=True)
 
     def extra_repr(self) -> str:
         return (f"max_level={self.max_level}, magnitude_mode={self.magnitude_mode!r}, "

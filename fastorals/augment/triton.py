@@ -868,4 +868,19 @@ def augment_apply_triton(
     tensors = (images, ops, values, crop, flip, cutout, mean, std)
     if b == 0:
         return apply_chains(*tensors, float_out, tiles, block)
-    return _GRAPHS(lambda *t: apply_chains(*t, float_out, tiles, block), tensors, key=("augment", float_out, tiles))
+    return _GRAPHS(lambda *t: apply_chains(*t, float_out, tiles, block), tensors, key=_graph_key(images, float_out))
+
+
+def _graph_key(images: torch.Tensor, float_out: bool) -> tuple:
+    b, _, h, w = images.shape
+    return ("augment", bool(float_out), tiles_per_image(b, h, w))
+
+
+def replay_cached(images: torch.Tensor, ops: torch.Tensor, values: torch.Tensor, crop: torch.Tensor,
+                  flip: torch.Tensor, cutout: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                  float_out: bool) -> Optional[torch.Tensor]:
+    """:func:`augment_apply_triton`'s result from its graph when one is captured for these
+    arguments (eager CUDA calls only), else None: the public API's calls skip the op's dispatch."""
+    if images.shape[0] == 0:
+        return None
+    return _GRAPHS.replay((images, ops, values, crop, flip, cutout, mean, std), key=_graph_key(images, float_out))

@@ -424,14 +424,21 @@ def test_works_with_the_extension_disabled():
 @pytest.mark.gpu
 @pytest.mark.parametrize("size", [32, 224])
 def test_gpu_module_equals_the_checked_path_for_both_generator_devices(size):
-    # CPU generator with CUDA images: the draws travel in two copies and the op replays a graph;
-    # the bytes are those of the checked path (sample, then batch_augment) on the same draws
-    images = make_images(8, 3, size, size, seed=5)
+    # CPU generator with CUDA images: the draws travel in one asynchronous copy and the op replays
+    # a graph; the bytes are those of the checked path (sample, then batch_augment) on the same
+    # draws, and a replayed call never waits for the device
+    images = make_images(8, 3, size, size, seed=5).cuda()
     aug = augment.BatchAugment.cifar(cutout=16)
     strengths = torch.arange(8) % 11
+    expect = {seed: _composed(aug, images, strengths, seed) for seed in (7, 8, 9)}
     for seed in (7, 8, 9):  # the first call captures a graph, the next ones replay it on new draws
-        got = aug(images.cuda(), strengths, torch.Generator().manual_seed(seed))
-        assert torch.equal(got, _composed(aug, images.cuda(), strengths, seed))
+        if seed > 7:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            got = aug(images, strengths, torch.Generator().manual_seed(seed))
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert torch.equal(got, expect[seed])
     gc = torch.Generator(device="cuda")
     a = aug(images.cuda(), strengths.cuda(), gc.manual_seed(3))
     b = aug(images.cuda(), strengths.cuda(), gc.manual_seed(3))

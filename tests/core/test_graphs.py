@@ -179,3 +179,95 @@ def test_environment_switch(monkeypatch):
     monkeypatch.setenv("FASTORALS_CUDA_GRAPHS", "1")
     assert GraphCache().enabled
     assert _graphs.__all__ == ["GraphCache"]
+
+
+def _packed(a_vals, b_vals, gap: int = 3):
+    """int32 ``a`` and float64 ``b`` as views of one byte buffer (as a packed host-to-device copy makes)."""
+    n = len(a_vals)
+    buf = torch.zeros(64 + 8 * n + 8 * gap, dtype=torch.uint8)
+    a = buf[:4 * n].view(torch.int32)
+    b = buf[32 + 8 * gap:32 + 8 * gap + 8 * n].view(torch.float64)
+    a.copy_(torch.tensor(a_vals))
+    b.copy_(torch.tensor(b_vals))
+    return a, b
+
+
+class _CountingSpanCopies:
+    def __init__(self, monkeypatch):
+        self.spans = 0
+        real = _graphs._byte_span
+
+        def span(t, lo, hi):
+            self.spans += 1
+            return real(t, lo, hi)
+
+        monkeypatch.setattr(_graphs, "_byte_span", span)
+
+
+def test_views_of_one_buffer_are_copied_as_one_span(fake_cuda):
+    count = _CountingSpanCopies(fake_cuda)
+    cache = GraphCache()
+    calls = []
+    fn = _fn(calls)
+    a, b = _packed([1, 2, 3], [0.5, 0.25, 4.0])
+    assert torch.equal(cache(fn, (a, b)), a * 2 + b)
+    entry = next(iter(cache._entries.values()))
+    assert entry.layout.singles == [] and len(entry.spans) == 1
+    assert entry.statics[0].dtype == torch.int32 and entry.statics[1].dtype == torch.float64
+    # the buffers are views of the span with the callers' offsets: the int32s start at byte 0, the
+    # float64s after the gap
+    assert entry.statics[1].data_ptr() - entry.statics[0].data_ptr() == b.data_ptr() - a.data_ptr()
+    before = count.spans
+    for k in range(3):
+        a2, b2 = _packed([k, -k, 7 * k], [k / 3, -1.5, 1e9])
+        assert torch.equal(cache(fn, (a2, b2)), a2 * 2 + b2)
+    assert len(calls) == 2 and count.spans - before == 3  # one span copy per call, no new capture
+
+
+def test_a_changed_layout_is_another_signature(fake_cuda):
+    cache = GraphCache()
+    calls = []
+    fn = _fn(calls)
+    a, b = _packed([1, 2], [3.0, 4.0])
+    cache(fn, (a, b))
+    # same shapes and dtypes: separate tensors, then views at other offsets of one buffer
+    sep = (torch.tensor([5, 6], dtype=torch.int32), torch.tensor([7.0, 8.0], dtype=torch.float64))
+    assert torch.equal(cache(fn, sep), sep[0] * 2 + sep[1])
+    a3, b3 = _packed([9, 10], [11.0, 12.0], gap=5)
+    assert torch.equal(cache(fn, (a3, b3)), a3 * 2 + b3)
+    assert len(cache) == 3 and len(calls) == 6
+    a4, b4 = _packed([-1, -2], [0.5, 0.5], gap=5)  # the third layout again: replayed
+    assert torch.equal(cache(fn, (a4, b4)), a4 * 2 + b4) and len(calls) == 6
+
+
+def test_same_tensor_twice_and_strided_views_of_one_buffer(fake_cuda):
+    cache = GraphCache()
+    calls = []
+    fn = _fn(calls)
+    base = torch.arange(12.0).view(3, 4)
+    col, row = base[:2, :3], base.t()[1:3, :3]  # overlapping views [2, 3], one transposed
+    assert torch.equal(cache(fn, (col, row)), col * 2 + row)
+    entry = next(iter(cache._entries.values()))
+    assert len(entry.spans) == 1 and entry.statics[1].stride() == row.stride()
+    base2 = torch.randn(3, 4)
+    c2, r2 = base2[:2, :3], base2.t()[1:3, :3]
+    assert torch.equal(cache(fn, (c2, r2)), c2 * 2 + r2)
+    x = torch.randn(5)
+    assert torch.equal(cache(fn, (x, x)), x * 3)
+    y = torch.randn(5)
+    assert torch.equal(cache(fn, (y, y)), y * 3) and len(calls) == 4
+
+
+def test_replay_only_serves_captured_signatures(fake_cuda):
+    cache = GraphCache()
+    calls = []
+    fn = _fn(calls)
+    a, b = torch.ones(3), torch.ones(3)
+    assert cache.replay((a, b)) is None  # nothing captured
+    cache(fn, (a, b))
+    a2 = torch.arange(3.0)
+    assert torch.equal(cache.replay((a2, b)), a2 * 2 + 1)
+    assert cache.replay((a2, b), key="other") is None and cache.replay((torch.ones(4), torch.ones(4))) is None
+    with cache.disabled():
+        assert cache.replay((a2, b)) is None
+    assert len(calls) == 2
