@@ -41,8 +41,8 @@ class _Layout:
     """How a call's inputs reach the graph's buffers.
 
     ``singles``: indices of inputs copied on their own (into contiguous buffers). ``groups``:
-    ``(lo, hi, indices)`` per storage that two or more non-empty inputs view: bytes ``[lo, hi)`` of
-    that storage are copied with one copy, into a buffer where each input keeps its strides and its
+    ``(lo, hi, indices)`` per storage that two or more non-empty inputs view, when the views cover
+    at least about half of the bytes between them: bytes ``[lo, hi)`` of that storage are copied with one copy, into a buffer where each input keeps its strides and its
     offset from ``lo``. ``sig``: the part of the signature this layout fixes.
     """
 
@@ -67,6 +67,8 @@ class _Layout:
                 continue
             lo = min(spans[i][0] for i in idx) // _ALIGN * _ALIGN
             hi = max(spans[i][1] for i in idx)
+            if hi - lo > 2 * sum(tensors[i].nbytes for i in idx) + _ALIGN * len(idx):
+                continue  # views scattered over a larger storage: copy each on its own
             for i in idx:
                 member[i] = len(self.groups)
             self.groups.append((lo, hi, tuple(idx)))

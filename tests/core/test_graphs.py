@@ -233,10 +233,10 @@ def test_a_changed_layout_is_another_signature(fake_cuda):
     # same shapes and dtypes: separate tensors, then views at other offsets of one buffer
     sep = (torch.tensor([5, 6], dtype=torch.int32), torch.tensor([7.0, 8.0], dtype=torch.float64))
     assert torch.equal(cache(fn, sep), sep[0] * 2 + sep[1])
-    a3, b3 = _packed([9, 10], [11.0, 12.0], gap=5)
+    a3, b3 = _packed([9, 10], [11.0, 12.0], gap=1)
     assert torch.equal(cache(fn, (a3, b3)), a3 * 2 + b3)
     assert len(cache) == 3 and len(calls) == 6
-    a4, b4 = _packed([-1, -2], [0.5, 0.5], gap=5)  # the third layout again: replayed
+    a4, b4 = _packed([-1, -2], [0.5, 0.5], gap=1)  # the third layout again: replayed
     assert torch.equal(cache(fn, (a4, b4)), a4 * 2 + b4) and len(calls) == 6
 
 
@@ -270,4 +270,18 @@ def test_replay_only_serves_captured_signatures(fake_cuda):
     assert cache.replay((a2, b), key="other") is None and cache.replay((torch.ones(4), torch.ones(4))) is None
     with cache.disabled():
         assert cache.replay((a2, b)) is None
+    assert len(calls) == 2
+
+
+def test_views_scattered_over_a_large_storage_are_copied_one_by_one(fake_cuda):
+    cache = GraphCache()
+    calls = []
+    fn = _fn(calls)
+    big = torch.randn(4, 1000)
+    a, b = big[:, :2], big[:, 998:]  # 64 bytes viewed out of 16,000
+    assert torch.equal(cache(fn, (a, b)), a * 2 + b)
+    entry = next(iter(cache._entries.values()))
+    assert entry.spans == [] and entry.layout.singles == [0, 1]
+    big2 = torch.randn(4, 1000)
+    assert torch.equal(cache(fn, (big2[:, :2], big2[:, 998:])), big2[:, :2] * 2 + big2[:, 998:])
     assert len(calls) == 2
