@@ -1427,7 +1427,10 @@ void Engine::filter3x3(const float* k, bool sharpen, float alpha) {
 }
 
 void Engine::gaussian_blur(float radius) {
-  if (radius == 0.0f) return;
+  // 0, negative or NaN: nothing to blur. The API admits [0, 1024]; unchecked values are pulled
+  // into it here too, so no radius can index outside the planes.
+  if (!(radius > 0.0f)) return;
+  if (radius > 1024.0f) radius = 1024.0f;
   const float rf = gaussian_box_radius(radius, 3);
   if (rf == 0.0f) return;
   flush();

@@ -93,22 +93,34 @@ class Chains:
         magnitudes: Optional[Sequence[Sequence[float]]] = None,
         signs: Optional[Sequence[Sequence[int]]] = None,
     ) -> Chains:
-        """Chains from ragged Python lists (op names or ids), padded with -1.
+        """Chains from ragged Python lists (op names or ids; -1 or None for an empty slot), padded with -1.
+
+        ``magnitudes`` and ``signs`` (+1/-1), when given, have a row per chain with a value per op.
 
         Example:
             >>> Chains.from_lists([["Rotate", "Invert"], []], [[15.0, 0.0], []])
         """
         b = len(ops)
+        for name, rows in (("magnitudes", magnitudes), ("signs", signs)):
+            if rows is None:
+                continue
+            if len(rows) != b:
+                raise ValueError(f"{name}: expected {b} rows like ops, got {len(rows)}")
+            for i, (row, r) in enumerate(zip(ops, rows)):
+                if len(r) != len(row):
+                    raise ValueError(f"{name}: row {i} has {len(r)} entries for {len(row)} ops")
         k = max((len(r) for r in ops), default=0)
         o = torch.full((b, k), O.NONE, dtype=torch.int32)
         m = torch.zeros(b, k, dtype=torch.float64)
         s = torch.ones(b, k, dtype=torch.int8)
         for i, row in enumerate(ops):
             for j, op in enumerate(row):
-                o[i, j] = O.op_id(op)
+                o[i, j] = O.NONE if op is None or (isinstance(op, int) and op == O.NONE) else O.op_id(op)
                 if magnitudes is not None:
                     m[i, j] = float(magnitudes[i][j])
                 if signs is not None:
+                    if signs[i][j] not in (1, -1):
+                        raise ValueError(f"signs: expected +1 or -1, got {signs[i][j]!r} at [{i}, {j}]")
                     s[i, j] = int(signs[i][j])
         return cls(o, m, s)
 
@@ -120,7 +132,7 @@ def _as_generator_device(generator: Optional[torch.Generator]) -> torch.device:
 def _levels_tensor(x: TensorLike, name: str, batch: Optional[int] = None) -> torch.Tensor:
     t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
     if t.dtype.is_floating_point:
-        if not torch.all(t == t.round()):
+        if not torch.all(t == t.round()) or not torch.all(t.abs() < 2.0**63):  # inf too: no int64 wrap
             raise ValueError(f"{name}: expected whole numbers, got {t}")
     elif t.dtype == torch.bool or t.dtype.is_complex:
         raise TypeError(f"{name}: expected an integer tensor, got dtype {t.dtype}")
@@ -174,26 +186,45 @@ def sample_chains(
         >>> chains.ops.shape
         torch.Size([3, 10])
     """
-    if magnitude_mode not in MAGNITUDE_MODES:
-        raise ValueError(f"magnitude_mode: expected one of {MAGNITUDE_MODES}, got {magnitude_mode!r}")
-    if not isinstance(max_level, int) or isinstance(max_level, bool) or max_level < 1:
-        raise ValueError(f"max_level: expected a positive int, got {max_level!r}")
-    if not (isinstance(official_max_d, (int, float)) and official_max_d > 0):
-        raise ValueError(f"official_max_d: expected a positive number, got {official_max_d!r}")
+    _check_sampler(max_level, magnitude_mode, official_max_d)
+    image_size = _image_size(image_size)
     dev = _as_generator_device(generator)
     levels, n, k = _chain_lengths(strengths, num_ops, max_level, max_ops, dev)
     tab = _chain_table(ops, magnitude_mode, strongest, image_size, max_level, official_max_d, dev)
+    if magnitude_mode == "monotone" and image_size is None and bool(
+            ((tab.pool == O.TRANSLATE_X) | (tab.pool == O.TRANSLATE_Y)).any()):
+        raise ValueError("image_size: needed (H, W) for the monotone TranslateX/Y magnitudes (a fraction of the side)")
     b = levels.shape[0]
     _, sign_draw, active, op = _draw_slots(tab, n, b, k, generator, dev)
     idx = op.clamp(min=0)
-    if magnitude_mode == "monotone" and image_size is None and bool(
-            ((op == O.TRANSLATE_X) | (op == O.TRANSLATE_Y)).any()):
-        raise ValueError("image_size: needed (H, W) for the monotone TranslateX/Y magnitudes")
     mag = tab.magnitudes(levels.to(torch.float64).unsqueeze(1).expand(b, k), idx)
     mag = torch.where(active, mag, torch.zeros_like(mag))
     signed_mask = tab.randomly_signed[idx] & active
     signs = torch.where(signed_mask, sign_draw * 2 - 1, torch.ones_like(sign_draw)).to(torch.int8)
     return Chains(op.to(torch.int32), mag, signs)
+
+
+def _check_sampler(max_level: int, magnitude_mode: str, official_max_d: float) -> None:
+    if magnitude_mode not in MAGNITUDE_MODES:
+        raise ValueError(f"magnitude_mode: expected one of {MAGNITUDE_MODES}, got {magnitude_mode!r}")
+    if not isinstance(max_level, int) or isinstance(max_level, bool) or max_level < 1:
+        raise ValueError(f"max_level: expected a positive int, got {max_level!r}")
+    if not (isinstance(official_max_d, (int, float)) and not isinstance(official_max_d, bool)
+            and math.isfinite(official_max_d) and official_max_d > 0):
+        raise ValueError(f"official_max_d: expected a positive number, got {official_max_d!r}")
+
+
+def _image_size(image_size) -> Optional[tuple[int, int]]:
+    if image_size is None:
+        return None
+    try:
+        h, w = (int(v) for v in image_size)
+        ok = all(float(v) == int(v) for v in image_size)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or h < 1 or w < 1:
+        raise ValueError(f"image_size: expected (H, W) with H, W >= 1, got {image_size!r}")
+    return h, w
 
 
 def _chain_lengths(strengths: TensorLike, num_ops, max_level: int, max_ops: Optional[int], dev: torch.device,
@@ -243,7 +274,7 @@ class _ChainTable:
     valueless: torch.Tensor
     randomly_signed: torch.Tensor
     max_level: int
-    _values: Optional[tuple[torch.Tensor, bool]] = None
+    _values: Optional[torch.Tensor] = None
 
     def magnitudes(self, lvl: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """float64 values of ops ``idx`` at float64 levels ``lvl`` (same shape), 0 for value-less ops.
@@ -254,9 +285,8 @@ class _ChainTable:
         mag = (lvl / self.div) * self.span[idx] + self.base[idx]
         return torch.where(self.valueless[idx], torch.zeros_like(mag), mag)
 
-    def values(self) -> tuple[torch.Tensor, bool]:
-        """(float64 [(max_level + 1) * P * 2] signed op values indexed by ``(level * P + choice) * 2
-        + sign_draw``, whether all of them lie in their op's domain).
+    def values(self) -> torch.Tensor:
+        """float64 [(max_level + 1), P, 2] signed op values at ``[level, choice, sign_draw]``.
 
         Bit for bit what :func:`sample_chains` followed by :meth:`Chains.values` computes for an
         active slot: the same float64 expressions, element by element.
@@ -270,11 +300,27 @@ class _ChainTable:
             ops = idx.unsqueeze(-1).expand(-1, -1, 2)
             draw = torch.tensor([0, 1], device=dev).expand(self.max_level + 1, p, 2)
             signs = torch.where(self.randomly_signed[ops], draw * 2 - 1, torch.ones_like(draw))
-            v = O.signed_values(ops, mag, signs)
-            t = O.tables(dev)
-            ok = bool(((v >= t.lo[ops]) & (v <= t.hi[ops])).all()) if v.numel() else True
-            self._values = (v.reshape(-1).contiguous(), ok)
+            self._values = O.signed_values(ops, mag, signs).contiguous()
         return self._values
+
+    def check_domains(self, magnitude_mode: str, sized: bool) -> None:
+        """Raise if a configured value (any level, either sign) lies outside its op's domain;
+        TranslateX/Y only when ``sized`` (monotone values scale with the image side)."""
+        v = self.values()
+        if not v.numel():
+            return
+        ops = self.pool.view(1, -1, 1).expand_as(v)
+        t = O.tables(v.device)
+        bad = (v < t.lo[ops]) | (v > t.hi[ops]) | torch.isnan(v)
+        if not sized:
+            bad &= (ops != O.TRANSLATE_X) & (ops != O.TRANSLATE_Y)
+        if bool(bad.any()):
+            lvl, j, sgn = (int(x) for x in bad.nonzero()[0])
+            op = int(self.pool[j])
+            lo, hi = O.DOMAIN[op]
+            name = "strongest" if magnitude_mode == "monotone" else "official_max_d"
+            raise ValueError(f"{name}: {O.OP_NAMES[op]} reaches {float(v[lvl, j, sgn])!r} at level {lvl}, outside "
+                             f"its domain [{lo}, {hi}]")
 
 
 def _draw_slots(tab: _ChainTable, n: torch.Tensor, b: int, k: int, generator: Optional[torch.Generator],
@@ -320,7 +366,10 @@ def _build_chain_table(ops, magnitude_mode, strongest, image_size, max_level, of
         table = dict(O.MONOTONE_STRONGEST)
         if strongest:
             for name, v in strongest.items():
-                key = O.OP_NAMES[O.op_id(name)]
+                try:
+                    key = O.OP_NAMES[O.op_id(name)]
+                except (ValueError, TypeError) as e:
+                    raise ValueError(f"strongest: {e}") from None
                 if key not in table:
                     raise ValueError(f"strongest: op {key!r} has no magnitude")
                 if not math.isfinite(float(v)):
@@ -337,7 +386,9 @@ def _build_chain_table(ops, magnitude_mode, strongest, image_size, max_level, of
         randomly_signed = set(O.SIGNED_OPS)
     valueless = torch.tensor([not O.takes_value(i) for i in range(O.NUM_OPS)], device=dev)
     signed = torch.tensor([i in randomly_signed for i in range(O.NUM_OPS)], device=dev)
-    return _ChainTable(pool, base, span, div, valueless, signed, max_level)
+    tab = _ChainTable(pool, base, span, div, valueless, signed, max_level)
+    tab.check_domains(magnitude_mode, sized=image_size is not None)
+    return tab
 
 
 class ChainSampler:
@@ -357,15 +408,14 @@ class ChainSampler:
         strongest: Optional[Mapping[str, float]] = None,
         official_max_d: float = 30.0,
     ) -> None:
-        if magnitude_mode not in MAGNITUDE_MODES:
-            raise ValueError(f"magnitude_mode: expected one of {MAGNITUDE_MODES}, got {magnitude_mode!r}")
-        if not isinstance(max_level, int) or isinstance(max_level, bool) or max_level < 1:
-            raise ValueError(f"max_level: expected a positive int, got {max_level!r}")
+        _check_sampler(max_level, magnitude_mode, official_max_d)
         self.max_level = max_level
         self.magnitude_mode = magnitude_mode
         self.ops = O.op_ids(ops)
         self.strongest = dict(strongest) if strongest else None
         self.official_max_d = official_max_d
+        # the configuration's values, checked now (TranslateX/Y once the image size is known)
+        _chain_table(self.ops, magnitude_mode, self.strongest, None, max_level, official_max_d, torch.device("cpu"))
 
     def __call__(
         self,
@@ -498,15 +548,36 @@ def _channel_vector(x, c: int, name: str, device: torch.device) -> torch.Tensor:
     return t
 
 
-def _int_param(x: Optional[TensorLike], shape: tuple[int, ...], name: str, device: torch.device) -> torch.Tensor:
+def _per_channel(x, name: str) -> Optional[tuple[float, ...]]:
+    """A Normalize setting as a tuple of 1 (all channels) or 3 (per channel) floats."""
+    if x is None:
+        return None
+    t = torch.as_tensor(x, dtype=torch.float64).flatten() if not isinstance(x, torch.Tensor) else x.flatten()
+    if t.numel() not in (1, 3):
+        raise ValueError(f"{name}: expected 1 value or 3 (one per channel), got {t.numel()}")
+    return tuple(float(v) for v in t)
+
+
+def _int_param(x: Optional[TensorLike], shape: tuple[int, ...], name: str, device: torch.device,
+               lo: int, hi: int) -> torch.Tensor:
+    """int32 ``x`` clamped to ``[lo, hi]`` (before narrowing, so no value wraps around); callers
+    pass bounds beyond which every value means the same (a crop past the image side: all padding;
+    a box edge past it: the side)."""
     if x is None:
         return torch.zeros(shape, dtype=torch.int32, device=device)
-    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
-    if t.dtype.is_floating_point or t.dtype.is_complex:
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.int64 if _empty(x) else None)
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name}: expected an integer tensor, got dtype {t.dtype}")
     if tuple(t.shape) != shape:
         raise ValueError(f"{name}: expected shape {list(shape)}, got {list(t.shape)}")
-    return t.to(device=device, dtype=torch.int32).contiguous()
+    return t.to(device=device, dtype=torch.int64).clamp(lo, hi).to(torch.int32).contiguous()
+
+
+def _empty(x) -> bool:
+    """Whether a (nested) Python sequence holds no number at all: ``torch.as_tensor`` would make it float32."""
+    if isinstance(x, (list, tuple)):
+        return all(_empty(v) for v in x)
+    return False
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -527,7 +598,7 @@ def _canonical_chain(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     b = images.shape[0]
     dev = images.device
-    o = ops if isinstance(ops, torch.Tensor) else torch.as_tensor(ops)
+    o = ops if isinstance(ops, torch.Tensor) else torch.as_tensor(ops, dtype=torch.int64 if _empty(ops) else None)
     if o.dtype.is_floating_point or o.dtype == torch.bool or o.dtype.is_complex:
         raise TypeError(f"ops: expected an integer tensor of op ids, got dtype {o.dtype}")
     if o.dim() != 2 or o.shape[0] != b:
@@ -538,35 +609,44 @@ def _canonical_chain(
         raise TypeError(f"magnitudes: expected a real tensor, got dtype {m.dtype}")
     if tuple(m.shape) != (b, k):
         raise ValueError(f"magnitudes: expected shape [B={b}, K={k}] like ops, got {list(m.shape)}")
-    o = o.to(device=dev, dtype=torch.int32)
+    o = o.to(device=dev, dtype=torch.int64)  # ids are checked (or sanitized) before narrowing
     m = m.to(device=dev, dtype=torch.float64)
     s = None
     if signs is not None:
         s = signs if isinstance(signs, torch.Tensor) else torch.as_tensor(signs)
+        if s.dtype.is_complex:
+            raise TypeError(f"signs: expected a real tensor of +1/-1, got dtype {s.dtype}")
         if tuple(s.shape) != (b, k):
             raise ValueError(f"signs: expected shape [B={b}, K={k}] like ops, got {list(s.shape)}")
-        s = s.to(dev)
+        s = s.to(device=dev, dtype=torch.float64)  # unsigned 255 stays 255 (not -1)
+    bad_id = (o < O.NONE) | (o >= O.NUM_OPS)
     if validate and o.numel():
-        bad = (o < O.NONE) | (o >= O.NUM_OPS)
-        if bool(bad.any()):
-            i, j = (int(v) for v in bad.nonzero()[0])
+        if bool(bad_id.any()):
+            i, j = (int(v) for v in bad_id.nonzero()[0])
             raise ValueError(f"ops: unknown op id {int(o[i, j])} at [{i}, {j}], expected -1..{O.NUM_OPS - 1}")
         if not bool(torch.isfinite(m).all()):
             raise ValueError("magnitudes: expected finite values (got NaN or inf)")
         if s is not None and not bool(((s == 1) | (s == -1)).all()):
             raise ValueError("signs: expected +1 or -1 entries")
+    o = torch.where(bad_id, O.NONE, o).to(torch.int32)
     v = O.signed_values(o, m, s)
+    t = O.tables(dev)
+    idx = o.long().clamp(min=0)
+    lo, hi = t.lo[idx], t.hi[idx]
     if validate and o.numel():
-        t = O.tables(dev)
-        idx = o.long().clamp(min=0)
-        out = (o >= 0) & ((v < t.lo[idx]) | (v > t.hi[idx]))
+        out = (o >= 0) & ((v < lo) | (v > hi))
         if bool(out.any()):
             i, j = (int(x) for x in out.nonzero()[0])
             op = int(o[i, j])
-            lo, hi = O.DOMAIN[op]
             raise ValueError(
-                f"magnitudes: value {float(v[i, j])!r} of {O.OP_NAMES[op]} at [{i}, {j}] is outside its domain [{lo}, {hi}]"
+                f"magnitudes: value {float(v[i, j])!r} of {O.OP_NAMES[op]} at [{i}, {j}] is outside its domain "
+                f"[{O.DOMAIN[op][0]}, {O.DOMAIN[op][1]}]"
             )
+    elif o.numel():
+        # unchecked (no host sync): unknown ids are no-ops and values are pulled into their op's
+        # domain, so the kernels never see a value they cannot index with
+        v = torch.where(torch.isnan(v), 0.0, v).clamp(lo, hi)
+        v = torch.where(torch.isfinite(v), v, 0.0)  # value-less ops (unbounded) read no value
     return o.contiguous(), v.contiguous()
 
 
@@ -600,7 +680,11 @@ def apply_chains(
         cutout: int [B, 4] (y1, y2, x1, x2) boxes, None = none.
         mean, std: per-channel Normalize (after ``x / 255``); a scalar applies to all channels.
         out_dtype: torch.uint8 or torch.float32 (default: float32 when mean/std are given).
-        validate: check op ids, finiteness and each value's domain (one host sync on CUDA).
+        validate: check op ids, finiteness and each value's domain (one host sync on CUDA), raising
+            ``ValueError``; with False nothing is checked on the host: unknown op ids act as none
+            and values are clamped into their op's domain (NaN as 0), so the kernels stay in bounds.
+            Crop offsets and Cutout edges are clamped either way to the image side, beyond which
+            they all mean the same.
     Returns:
         uint8 or float32 [B, C, H, W] on the images' device.
 
@@ -613,8 +697,9 @@ def apply_chains(
     b, c, h, w = images.shape
     dev = images.device
     o, v = _canonical_chain(images, ops, magnitudes, signs, validate)
-    crop_t = _int_param(crop, (b, 2), "crop", dev)
-    cut_t = _int_param(cutout, (b, 4), "cutout", dev)
+    side = max(h, w)
+    crop_t = _int_param(crop, (b, 2), "crop", dev, -side, side)
+    cut_t = _int_param(cutout, (b, 4), "cutout", dev, 0, side)
     if flip is None:
         flip_t = torch.zeros(b, dtype=torch.uint8, device=dev)
     else:
@@ -624,9 +709,6 @@ def apply_chains(
         if tuple(f.shape) != (b,):
             raise ValueError(f"flip: expected shape [B={b}], got {list(f.shape)}")
         flip_t = (f != 0).to(device=dev, dtype=torch.uint8)
-    if validate and b:
-        if bool((crop_t.abs() > max(h, w)).any()):
-            raise ValueError(f"crop: expected offsets within [-{max(h, w)}, {max(h, w)}] (image side)")
     mean_t, std_t, float_out = _output_spec(mean, std, out_dtype, c, dev)
     return _launch(images.contiguous(), o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out)
 
@@ -754,8 +836,10 @@ class BatchAugment(nn.Module):
         self.crop_padding = crop_padding
         self.flip_prob = float(flip_prob)
         self.cutout = cutout
-        self.mean = None if mean is None else tuple(float(v) for v in mean)
-        self.std = None if std is None else tuple(float(v) for v in std)
+        self.mean = _per_channel(mean, "mean")
+        self.std = _per_channel(std, "std")
+        n = max(len(self.mean), len(self.std)) if self.mean is not None and self.std is not None else 1
+        _output_spec(self.mean, self.std, out_dtype, n, torch.device("cpu"))  # checks values and out_dtype now
         self.out_dtype = out_dtype
         self._spec_cache: dict = {}
 
@@ -795,14 +879,7 @@ class BatchAugment(nn.Module):
         dev = _as_generator_device(generator)
         levels, n, k = _chain_lengths(strengths, num_ops, sp.max_level, None, dev, batch=b)
         tab = _chain_table(sp.ops, sp.magnitude_mode, sp.strongest, (h, w), sp.max_level, sp.official_max_d, dev)
-        table, in_domain = tab.values()
-        if not in_domain or self.crop_padding > max(h, w):
-            # a configured value outside its op's domain, or a crop larger than the image: the
-            # checked path raises exactly when and as it always did
-            chains = self.sample(levels, (h, w), generator=generator, num_ops=num_ops)
-            return batch_augment(images, chains.ops, chains.magnitudes, chains.signs, generator,
-                                 crop_padding=self.crop_padding, flip_prob=self.flip_prob, cutout=self.cutout,
-                                 mean=self.mean, std=self.std, out_dtype=self.out_dtype)
+        table = tab.values().view(-1)  # every value checked against its op's domain when the table was built
         if k:
             choice, sign_draw, active, op = _draw_slots(tab, n, b, k, generator, dev)
             o = op.to(torch.int32)
@@ -811,13 +888,14 @@ class BatchAugment(nn.Module):
             o = torch.empty(b, 0, dtype=torch.int32, device=dev)
             v = torch.empty(b, 0, dtype=torch.float64, device=dev)
         d = _pipeline_draws(b, h, w, self.crop_padding, self.flip_prob, self.cutout, generator)
+        crop = d.crop if self.crop_padding <= max(h, w) else d.crop.clamp(-max(h, w), max(h, w))  # as apply_chains
         img_dev = images.device
         key = (c, img_dev, self.mean, self.std, self.out_dtype)
         spec = self._spec_cache.get(key)
         if spec is None:
             spec = self._spec_cache[key] = _output_spec(self.mean, self.std, self.out_dtype, c, img_dev)
         mean_t, std_t, float_out = spec
-        parts = [(o, torch.int32), (d.crop, torch.int32), (d.flip, torch.uint8), (d.cutout, torch.int32),
+        parts = [(o, torch.int32), (crop, torch.int32), (d.flip, torch.uint8), (d.cutout, torch.int32),
                  (v, torch.float64)]
         if dev.type == "cpu" and img_dev.type != "cpu":
             # drawn on the host, applied on a device: one copy (asynchronous to a GPU), whose views

@@ -77,6 +77,17 @@ def _probability(v: Any, name: str) -> float:
     return float(v)
 
 
+def _state_int(state: dict[str, Any], key: str, minimum: Optional[int]) -> int:
+    """``state[key]`` as an int (a Python int or a 0-dim integer tensor), at least ``minimum``."""
+    v = state[key]
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and not (v.dtype.is_floating_point or v.dtype.is_complex):
+        v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or (minimum is not None and v < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"state['{key}']: expected an int{bound}, got {v!r}")
+    return v
+
+
 class CurriculumAugment:
     """CUDA: a curriculum of per-class augmentation strengths for long-tailed recognition.
 
@@ -463,22 +474,31 @@ class CurriculumAugment:
         missing = [k for k in ("num_classes", "max_level", "levels", "num_calls", "num_updates", "seed") if k not in state]
         if missing:
             raise KeyError(f"state: missing entries {missing}")
-        if int(state["num_classes"]) != self.num_classes:
+        version = _state_int(state, "version", 1) if "version" in state else _STATE_VERSION
+        if version != _STATE_VERSION:
+            raise ValueError(f"state['version']: expected {_STATE_VERSION}, got {version} (saved by another release)")
+        if _state_int(state, "num_classes", 1) != self.num_classes:
             raise ValueError(f"state: saved for num_classes={int(state['num_classes'])}, this curriculum has {self.num_classes}")
-        if int(state["max_level"]) != self.max_level:
+        if _state_int(state, "max_level", 1) != self.max_level:
             raise ValueError(f"state: saved for max_level={int(state['max_level'])}, this curriculum has {self.max_level}")
         levels = self._check_levels(state["levels"], "state['levels']")
+        num_calls = _state_int(state, "num_calls", 0)
+        num_updates = _state_int(state, "num_updates", 0)
+        seed = _state_int(state, "seed", None)
         hist = state.get("history")
         if hist is None:
             hist = torch.zeros(0, self.num_classes, dtype=torch.int64)
         hist = torch.as_tensor(hist)
         if hist.dim() != 2 or hist.shape[1] != self.num_classes:
             raise ValueError(f"state['history']: expected shape [U, {self.num_classes}], got {list(hist.shape)}")
+        if hist.shape[0] not in (0, num_updates):
+            raise ValueError(f"state['history']: expected one row per update ({num_updates}), got {hist.shape[0]}")
+        rows = [self._check_levels(r, f"state['history'][{i}]") for i, r in enumerate(hist)]
         self._levels = levels
-        self._num_calls = int(state["num_calls"])
-        self._num_updates = int(state["num_updates"])
-        self.seed = int(state["seed"])
-        self._history = [r.to(torch.int64).clone() for r in hist]
+        self._num_calls = num_calls
+        self._num_updates = num_updates
+        self.seed = seed
+        self._history = rows
         self.last_result = None
 
     def __repr__(self) -> str:

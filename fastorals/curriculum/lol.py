@@ -282,6 +282,11 @@ def evaluate_plan(
         (correct, trials): int64 [num_classes, max_level + 1] each, on the CPU.
     """
     l1 = max_level + 1
+    if len(plan):  # the count tables index by (class, level): an entry past them would land in another class
+        if int(plan.levels.max()) > max_level:
+            raise ValueError(f"max_level: the plan has levels up to {int(plan.levels.max())}, above max_level={max_level}")
+        if int(plan.classes.max()) >= num_classes:
+            raise ValueError(f"num_classes: the plan has class {int(plan.classes.max())}, expected < {num_classes}")
     if positions is None:
         positions = torch.arange(len(plan))
     keys = plan.classes[positions] * l1 + plan.levels[positions]

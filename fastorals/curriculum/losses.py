@@ -78,7 +78,7 @@ def class_balanced_weights(class_counts: CountsLike, beta: float = 0.9999, *,
 
     Example:
         >>> class_balanced_weights([500, 50, 5])
-        tensor([0.0250, 0.2195, 2.7555])
+        tensor([0.0277, 0.2708, 2.7015])
     """
     n = _counts(class_counts)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= float(beta) < 1.0:
@@ -155,6 +155,7 @@ def ldam_loss(
     """
     _check_logits(logits, target)
     _check_reduction(reduction)
+    margins = margins if isinstance(margins, torch.Tensor) else torch.as_tensor(margins, dtype=torch.float64)
     if margins.shape != (logits.shape[1],):
         raise ValueError(f"margins: expected shape [C={logits.shape[1]}], got {list(margins.shape)}")
     t = target.long()
@@ -176,6 +177,7 @@ def balanced_softmax_loss(
     """
     _check_logits(logits, target)
     _check_reduction(reduction)
+    log_prior = log_prior if isinstance(log_prior, torch.Tensor) else torch.as_tensor(log_prior, dtype=torch.float64)
     if log_prior.shape != (logits.shape[1],):
         raise ValueError(f"log_prior: expected shape [C={logits.shape[1]}], got {list(log_prior.shape)}")
     lp = log_prior.to(device=logits.device, dtype=logits.dtype)
@@ -196,9 +198,17 @@ class LongTailLoss(nn.Module):
 
     def set_epoch(self, epoch: int) -> None:
         """Tell the loss which epoch is training (DRW switches weights at ``drw_epoch``)."""
+        self.epoch = self._epoch(epoch)
+
+    def _epoch(self, epoch: Optional[int]) -> int:
+        """A call's ``epoch`` (None: the one set), checked."""
+        if epoch is None:
+            return self.epoch
+        if isinstance(epoch, torch.Tensor) and epoch.dim() == 0 and not epoch.dtype.is_floating_point:
+            epoch = int(epoch)
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch: expected an int >= 0, got {epoch!r}")
-        self.epoch = epoch
+        return epoch
 
 
 class _DRWMixin:
@@ -225,6 +235,7 @@ class CELoss(LongTailLoss):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, epoch: Optional[int] = None) -> torch.Tensor:
         _check_logits(logits, target)
+        self._epoch(epoch)  # no schedule; checked like the others'
         return F.cross_entropy(logits, target.long(), reduction=self.reduction)
 
 
@@ -246,7 +257,7 @@ class CEDRWLoss(_DRWMixin, LongTailLoss):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, epoch: Optional[int] = None) -> torch.Tensor:
         _check_logits(logits, target, self.num_classes)
-        w = self.weight_at(self.epoch if epoch is None else epoch)
+        w = self.weight_at(self._epoch(epoch))
         w = None if w is None else w.to(device=logits.device, dtype=logits.dtype)
         return F.cross_entropy(logits, target.long(), weight=w, reduction=self.reduction)
 
@@ -279,7 +290,7 @@ class LDAMLoss(_DRWMixin, LongTailLoss):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, epoch: Optional[int] = None) -> torch.Tensor:
         _check_logits(logits, target, self.num_classes)
-        w = self.weight_at(self.epoch if epoch is None else epoch)
+        w = self.weight_at(self._epoch(epoch))
         return ldam_loss(logits, target, self.margins, self.scale, w, self.reduction)
 
     def extra_repr(self) -> str:
@@ -302,6 +313,7 @@ class BalancedSoftmaxLoss(LongTailLoss):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, epoch: Optional[int] = None) -> torch.Tensor:
         _check_logits(logits, target, self.num_classes)
+        self._epoch(epoch)  # no schedule; checked like the others'
         return balanced_softmax_loss(logits, target, self.log_prior, self.reduction)
 
     def extra_repr(self) -> str:
@@ -348,6 +360,8 @@ def make_loss(name: str, class_counts: Optional[CountsLike] = None, **kwargs) ->
     if key == "ce_drw":
         return CEDRWLoss(class_counts, **kwargs)
     if key == "ldam":
+        if "drw_epoch" in kwargs:
+            raise ValueError("drw_epoch: loss 'ldam' has no re-weighting; use 'ldam_drw' for LDAM-DRW")
         return LDAMLoss(class_counts, drw_epoch=None, **kwargs)
     if key == "ldam_drw":
         return LDAMLoss(class_counts, **kwargs)

@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from augment_helpers import make_images
+from augment_helpers import canonical, make_images
 
 import fastorals
 from fastorals import _ext, augment
 from fastorals.augment import opset as O
+from fastorals.augment.ops import augment_apply_reference
 from fastorals.testing import assert_close, assert_raises, make_noncontiguous
 
 CPP = pytest.mark.skipif(not _ext.HAS_EXT, reason="needs the C++ extension")
@@ -120,18 +121,46 @@ def test_module_fast_path_equals_sampling_then_batch_augment(backend):
         assert zeros.shape == (0, 3, 4, 4)
 
 
-def test_module_fast_path_keeps_the_checked_errors():
-    """A configured value outside its op's domain raises only when drawn (as the checked path
-    does), and a crop padding larger than the image raises as apply_chains does."""
-    images = make_images(4, 3, 6, 6)
-    aug = augment.BatchAugment(ops=["Posterize"], strongest={"Posterize": 12.0})
-    zero = torch.zeros(4, dtype=torch.int64)  # level 0: Posterize 8 bits, inside the domain
-    ok = aug(images, zero, torch.Generator().manual_seed(0), num_ops=1)
-    assert torch.equal(ok, _composed(aug, images, zero, 0, num_ops=1))
-    with assert_raises(ValueError, "magnitudes", "Posterize", "domain"):  # level 1: 8.4 bits
-        aug(images, torch.tensor([0, 1, 0, 0]), torch.Generator().manual_seed(0))
-    with assert_raises(ValueError, "crop", "offsets"):
-        augment.BatchAugment(crop_padding=9)(images, torch.tensor([1, 1, 1, 1]), torch.Generator().manual_seed(0))
+def test_out_of_domain_configurations_raise_when_configured_not_when_drawn():
+    """A configured value outside its op's domain (at any level, either sign) raises when the
+    sampler is built, whatever a seed would draw, naming the setting; TranslateX/Y (a fraction of
+    the side) once the image size is known."""
+    with assert_raises(ValueError, "strongest", "Posterize", "8.4", "level 1", "domain"):
+        augment.BatchAugment(ops=["Posterize"], strongest={"Posterize": 12.0})
+    with assert_raises(ValueError, "strongest", "GaussianBlur", "domain"):
+        augment.ChainSampler(strongest={"GaussianBlur": 1e20})
+    with assert_raises(ValueError, "strongest", "ResizeCrop", "domain"):
+        augment.sample_chains([0, 0], image_size=(8, 8), strongest={"ResizeCrop": 0.5})
+    with assert_raises(ValueError, "official_max_d", "domain"):
+        augment.ChainSampler(magnitude_mode="official", official_max_d=1e-9)
+    for bad in (0, -1, float("nan"), float("inf"), True, "30"):
+        with assert_raises(ValueError, "official_max_d"):
+            augment.BatchAugment(magnitude_mode="official", official_max_d=bad)
+    with assert_raises(ValueError, "strongest", "Foo"):
+        augment.BatchAugment(strongest={"Foo": 1.0})
+    aug = augment.BatchAugment(strongest={"TranslateX": 1e5})  # 1e5 x the width
+    aug(make_images(2, 3, 4, 4), [1, 1], torch.Generator().manual_seed(0))  # 4e5 px: inside
+    with assert_raises(ValueError, "strongest", "TranslateX", "domain"):
+        aug(make_images(2, 3, 4, 40), [1, 1], torch.Generator().manual_seed(0))  # 4e6 px at level 10
+
+
+def test_crop_padding_larger_than_the_image_is_all_padding_beyond_the_side():
+    # offsets past the image side all mean an all-padding crop: clamped, never an error, so no
+    # seed decides whether a call fails
+    images = make_images(6, 3, 2, 3)
+    aug = augment.BatchAugment(crop_padding=4)
+    for seed in range(6):
+        got = aug(images, [0] * 6, torch.Generator().manual_seed(seed))
+        assert torch.equal(got, _composed(aug, images, torch.zeros(6, dtype=torch.int64), seed))
+        d = augment.draw_pipeline(6, 2, 3, crop_padding=4, generator=torch.Generator().manual_seed(seed))
+        ref = augment_apply_reference(*canonical(images, torch.empty(6, 0, dtype=torch.int32),
+                                                 torch.empty(6, 0), crop=d.crop))
+        assert torch.equal(got, ref)
+    x = make_images(1, 1, 5, 5)
+    for dy, dx in ((2**40, 0), (-(2**33) - 1, 1), (7, -7)):  # no wrap-around when narrowed to int32
+        got = augment.apply_chains(x, [[]], [[]], crop=[[dy, dx]])
+        ref = augment.apply_chains(x, [[]], [[]], crop=[[max(-5, min(5, dy)), max(-5, min(5, dx))]])
+        assert torch.equal(got, ref) and (got == 0).all()
 
 
 def _one_op_chains(op, levels, mode, **kw):
@@ -342,8 +371,8 @@ def test_bad_pipeline_arguments():
         augment.apply_chains(images, ops, mags, crop=torch.zeros(2, 3, dtype=torch.int64))
     with assert_raises(TypeError, "crop", "integer"):
         augment.apply_chains(images, ops, mags, crop=torch.zeros(2, 2))
-    with assert_raises(ValueError, "crop", "offsets"):
-        augment.apply_chains(images, ops, mags, crop=torch.full((2, 2), 9))
+    with assert_raises(TypeError, "crop", "integer"):
+        augment.apply_chains(images, ops, mags, crop=torch.zeros(2, 2, dtype=torch.bool))
     with assert_raises(ValueError, "flip", "shape"):
         augment.apply_chains(images, ops, mags, flip=torch.zeros(3, dtype=torch.bool))
     with assert_raises(ValueError, "cutout", "shape"):
@@ -443,3 +472,71 @@ def test_gpu_module_equals_the_checked_path_for_both_generator_devices(size):
     a = aug(images.cuda(), strengths.cuda(), gc.manual_seed(3))
     b = aug(images.cuda(), strengths.cuda(), gc.manual_seed(3))
     assert torch.equal(a, b) and a.is_cuda
+
+
+def test_missing_image_size_fails_whatever_is_drawn():
+    # the monotone TranslateX/Y values scale with the side: no seed gets past a missing size
+    for seed in range(5):
+        with assert_raises(ValueError, "image_size", "TranslateX/Y"):
+            augment.sample_chains([2, 2], generator=torch.Generator().manual_seed(seed))
+    augment.sample_chains([2, 2], ops=["Rotate", "Invert"])  # no translation in the pool: not needed
+    augment.sample_chains([2, 2], magnitude_mode="official")  # absolute pixels: not needed
+    for bad in (8, (0, 8), (2.5, 3), (4,), "ab"):
+        with assert_raises(ValueError, "image_size"):
+            augment.sample_chains([2, 2], image_size=bad)
+
+
+def test_unchecked_values_stay_in_bounds():
+    # validate=False (the LoL test's path: no host sync) never hands a kernel a value it cannot use:
+    # unknown ids are no-ops, values are clamped into their op's domain, NaN counts as 0
+    x = make_images(2, 3, 9, 7, seed=3)
+    for op, v, same_as in ((O.GAUSSIAN_BLUR, float("nan"), 0.0), (O.GAUSSIAN_BLUR, float("inf"), 1024.0),
+                           (O.GAUSSIAN_BLUR, 1e20, 1024.0), (O.GAUSSIAN_BLUR, -3.0, 0.0),
+                           (O.RESIZE_CROP, 0.25, 1.0), (O.POSTERIZE, 11.6, 8.0), (O.SHEAR_X, -150.0, -100.0)):
+        got = augment.apply_chains(x, [[op], [op]], [[v], [v]], validate=False)
+        want = augment.apply_chains(x, [[op], [op]], [[same_as], [same_as]])
+        assert torch.equal(got, want), (O.OP_NAMES[op], v)
+    got = augment.apply_chains(x, [[57, O.INVERT], [-9, -1]], [[0.0, float("nan")], [0.0, 0.0]], validate=False)
+    assert torch.equal(got, augment.apply_chains(x, [[-1, O.INVERT], [-1, -1]], [[0.0, 0.0], [0.0, 0.0]]))
+
+
+def test_integer_arguments_are_checked_before_narrowing():
+    x = make_images(1, 3, 4, 4)
+    with assert_raises(ValueError, "ops", "4294967306"):
+        augment.apply_chains(x, torch.tensor([[2**32 + 10]]), [[0.0]])
+    with assert_raises(ValueError, "signs", "+1 or -1"):
+        augment.apply_chains(x, [[O.ROTATE]], [[10.0]], signs=torch.tensor([[-1]]).to(torch.uint8))
+    box = augment.apply_chains(x, [[]], [[]], cutout=[[2**32 + 1, 2**40, 0, 4]])  # rows from 2**32 + 1: none
+    assert torch.equal(box, x)
+    for bad in (float("inf"), 1e19, float("nan")):
+        with assert_raises(ValueError, "strengths", "whole numbers"):
+            augment.sample_chains(torch.tensor([bad]), image_size=(4, 4))
+    assert augment.apply_chains(x.expand(2, -1, -1, -1), [[], []], [[], []]).shape == (2, 3, 4, 4)
+
+
+def test_chains_from_lists_padding_and_lengths():
+    ch = augment.Chains.from_lists([["Rotate", -1, None], []], [[20.0, 0.0, 0.0], []])
+    assert ch.ops.tolist() == [[O.ROTATE, -1, -1], [-1, -1, -1]]
+    with assert_raises(ValueError, "magnitudes", "row 0", "1 entries", "2 ops"):
+        augment.Chains.from_lists([["Rotate", "Invert"]], [[20.0]])
+    with assert_raises(ValueError, "magnitudes", "2 rows"):
+        augment.Chains.from_lists([["Rotate"], []], [[20.0]])
+    with assert_raises(ValueError, "signs", "+1 or -1"):
+        augment.Chains.from_lists([["Rotate"]], [[20.0]], [[0]])
+
+
+def test_batch_augment_checks_its_settings_when_built():
+    x = make_images(2, 3, 5, 5)
+    a = augment.BatchAugment(mean=0.5, std=0.25)  # a scalar serves every channel, as in apply_chains
+    want = augment.apply_chains(x, [[], []], [[], []], mean=0.5, std=0.25)
+    assert torch.equal(a(x, [0, 0], torch.Generator().manual_seed(0)), want)
+    for kwargs, exc, words in (
+        (dict(mean=[1.0, 2.0], std=[1.0, 2.0]), ValueError, ("mean", "1 value or 3")),
+        (dict(mean=[0.0] * 3, std=[0.0, 1.0, 1.0]), ValueError, ("std", "non-zero")),
+        (dict(mean=[float("nan")] * 3, std=[1.0] * 3), ValueError, ("mean", "finite")),
+        (dict(out_dtype=torch.float16), TypeError, ("out_dtype",)),
+        (dict(mean=[0.5] * 3, std=[0.2] * 3, out_dtype=torch.uint8), ValueError, ("out_dtype", "float32")),
+        (dict(magnitude_mode="official", official_max_d=-1), ValueError, ("official_max_d",)),
+    ):
+        with assert_raises(exc, *words):
+            augment.BatchAugment(**kwargs)

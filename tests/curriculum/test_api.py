@@ -218,6 +218,60 @@ def test_errors_name_the_argument():
         cur.hook(pool, every=0)
 
 
+def test_malformed_states_are_refused_and_leave_the_curriculum_as_it_was():
+    cur = cu.CurriculumAugment(4)
+    cur.set_levels([1, 2, 3, 4])
+    cur.update(PixelMLP(192, 4), tiny_pool())
+    good = cur.state_dict()
+    assert good["history"].shape == (1, 4)
+    cases = [
+        ("history", torch.full((1, 4), 99), ValueError, ("history", "max_level")),
+        ("history", torch.full((1, 4), 0.5), TypeError, ("history", "integer")),
+        ("history", torch.zeros(3, 4, dtype=torch.int64), ValueError, ("history", "one row per update")),
+        ("num_updates", -3, ValueError, ("num_updates", ">= 0")),
+        ("num_calls", 2.7, ValueError, ("num_calls", "int")),
+        ("version", 99, ValueError, ("version", "99")),
+        ("num_classes", "4x", ValueError, ("num_classes", "4x")),
+        ("seed", 1.5, ValueError, ("seed",)),
+    ]
+    for key, value, exc, words in cases:
+        fresh = cu.CurriculumAugment(4)
+        before = fresh.state_dict()
+        bad = dict(good)
+        bad[key] = value
+        with assert_raises(exc, *words):
+            fresh.load_state_dict(bad)
+        after = fresh.state_dict()
+        assert all(torch.equal(torch.as_tensor(after[k]), torch.as_tensor(before[k])) for k in before), key
+    fresh = cu.CurriculumAugment(4)
+    fresh.load_state_dict({k: (torch.tensor(v) if isinstance(v, int) else v) for k, v in good.items()})
+    assert torch.equal(fresh.levels, cur.levels) and fresh.num_updates == 1  # 0-dim int tensors load too
+
+
+def test_configurations_outside_the_op_domains_fail_at_construction():
+    # the LoL test and training draw from the same checked table: neither can use a value the
+    # other refuses, and the kernels never see one
+    for strongest in ({"GaussianBlur": 1e20}, {"ResizeCrop": 0.5}, {"Posterize": 20.0}, {"ShearX": 500.0}):
+        name = next(iter(strongest))
+        with assert_raises(ValueError, "strongest", name, "domain"):
+            cu.CurriculumAugment(2, strongest=strongest, ops=[name])
+
+
+def test_evaluate_plan_refuses_levels_past_its_tables():
+    from fastorals.curriculum import lol
+
+    pool = tiny_pool()
+    cur = cu.CurriculumAugment(4)
+    plan = lol.draw_plan(torch.tensor([5, 0, 0, 0]), pool, 2, cur.pipeline, torch.Generator().manual_seed(0))
+    pred = lambda x: torch.zeros(x.shape[0], dtype=torch.int64)
+    with assert_raises(ValueError, "max_level", "5"):
+        lol.evaluate_plan(pred, pool, plan, cur.pipeline, num_classes=4, max_level=2)
+    with assert_raises(ValueError, "num_classes", "3"):
+        lol.evaluate_plan(pred, pool, plan, cur.pipeline, num_classes=1, max_level=10)
+    c, t = lol.evaluate_plan(pred, pool, plan, cur.pipeline, num_classes=4, max_level=5)
+    assert t[0].tolist() == [2, 4, 6, 8, 10, 12] and int(t[1:].sum()) == 3 * 2
+
+
 def test_repr_and_history_empty():
     cur = cu.CurriculumAugment(3)
     assert "num_classes=3" in repr(cur)

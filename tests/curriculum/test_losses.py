@@ -217,3 +217,22 @@ def test_loss_errors_name_the_argument():
         cu.LDAMLoss(COUNTS, scale=0)
     with assert_raises(ValueError, "epoch"):
         cu.CELoss().set_epoch(-2)
+    for name in ("ce", "ce_drw", "ldam", "ldam_drw", "bs"):  # a call's epoch is checked like set_epoch's
+        with assert_raises(ValueError, "epoch", "-1"):
+            cu.make_loss(name, COUNTS)(z, y, epoch=-1)
+    with assert_raises(ValueError, "drw_epoch", "ldam_drw"):
+        cu.make_loss("ldam", COUNTS, drw_epoch=3)
+
+
+def test_functional_losses_take_python_lists():
+    z, y = _data(4, 8, torch.float64)
+    m = cu.ldam_margins(COUNTS, dtype=torch.float64)
+    assert torch.equal(cu.ldam_loss(z, y, m.tolist()), cu.ldam_loss(z, y, m))
+    lp = cu.log_prior(COUNTS, dtype=torch.float64)
+    assert torch.equal(cu.balanced_softmax_loss(z, y, lp.tolist()), cu.balanced_softmax_loss(z, y, lp))
+
+
+def test_class_balanced_weights_docstring_example():
+    want = torch.tensor([0.0277, 0.2708, 2.7015])
+    assert torch.allclose(cu.class_balanced_weights([500, 50, 5]), want, atol=5e-5)
+    assert "0.0277, 0.2708, 2.7015" in cu.class_balanced_weights.__doc__
