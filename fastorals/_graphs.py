@@ -41,28 +41,31 @@ class _Layout:
     """How a call's inputs reach the graph's buffers.
 
     ``singles``: indices of inputs copied on their own (into contiguous buffers). ``groups``:
-    ``(lo, hi, indices)`` per storage that two or more non-empty inputs view, when the views cover
-    at least about half of the bytes between them: bytes ``[lo, hi)`` of that storage are copied with one copy, into a buffer where each input keeps its strides and its
-    offset from ``lo``. ``sig``: the part of the signature this layout fixes.
+    ``(lo, hi, indices)`` per storage that two or more non-empty, plain strided inputs view, when
+    the views cover at least about half of the bytes between them: bytes ``[lo, hi)`` of that
+    storage are copied with one copy, into a buffer where each input keeps its strides and its
+    offset from ``lo``. ``sig``: the part of the signature this layout fixes (not ``lo`` itself:
+    each call copies its own span).
     """
 
     __slots__ = ("groups", "sig", "singles")
 
     def __init__(self, tensors: Sequence[torch.Tensor]):
-        by_base: dict[int, list[int]] = {}
+        by_storage: dict[tuple[int, int], list[int]] = {}
         spans: list[tuple[int, int]] = []
         for i, t in enumerate(tensors):
-            if t.numel() == 0:
-                spans.append((0, 0))
+            if t.numel() == 0 or t.layout != torch.strided or t.is_quantized or t.is_conj() or t.is_neg():
+                spans.append((0, 0))  # copied on its own (copy_ resolves lazy conj/neg bits)
                 continue
             es = t.element_size()
             lo = t.storage_offset() * es
             hi = lo + es * (1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride())))
             spans.append((lo, hi))
-            by_base.setdefault(t.data_ptr() - lo, []).append(i)
+            # one storage: the same start and size (two imports of one allocation may differ in size)
+            by_storage.setdefault((t.data_ptr() - lo, t.untyped_storage().nbytes()), []).append(i)
         member = [-1] * len(tensors)
         self.groups: list[tuple[int, int, tuple[int, ...]]] = []
-        for idx in by_base.values():
+        for idx in by_storage.values():
             if len(idx) < 2:
                 continue
             lo = min(spans[i][0] for i in idx) // _ALIGN * _ALIGN
@@ -81,8 +84,9 @@ class _Layout:
 
 
 def _byte_span(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """Bytes ``[lo, hi)`` of ``t``'s storage, as a uint8 tensor."""
-    return torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage(), lo, (hi - lo,), (1,))
+    """Bytes ``[lo, hi)`` of ``t``'s storage, as a uint8 tensor (a slice of the whole storage, so a
+    span past its end comes out short and fails the copy rather than resizing the storage)."""
+    return torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage())[lo:hi]
 
 
 class _Entry:
@@ -97,13 +101,14 @@ class _Entry:
         self.out = out
         self.done = done  # a CUDA event recorded after the entry's last use (warm-up, or replay + copy)
 
-    def load(self, tensors: Sequence[torch.Tensor]) -> None:
-        """Copy a call's inputs into the buffers: one copy per single input, one per group."""
-        for i in self.layout.singles:
+    def load(self, tensors: Sequence[torch.Tensor], layout: _Layout) -> None:
+        """Copy a call's inputs (laid out as ``layout``, of this entry's signature) into the
+        buffers: one copy per single input, one per group, from this call's own spans."""
+        for i in layout.singles:
             t = tensors[i]
             if t.numel():
                 self.statics[i].copy_(t)
-        for span, (lo, hi, idx) in zip(self.spans, self.layout.groups):
+        for span, (lo, hi, idx) in zip(self.spans, layout.groups):
             span.copy_(_byte_span(tensors[idx[0]], lo, hi))
 
 
@@ -179,7 +184,7 @@ class GraphCache:
         layout = _Layout(tensors)
         sig = (key, *layout.sig)
         with self._lock, torch.cuda.device(tensors[0].device):  # streams, capture and replay on that device
-            out = self._replay(sig, tensors)
+            out = self._replay(sig, layout, tensors)
             if out is not None:
                 return out
             if sig in self._failed:
@@ -191,18 +196,19 @@ class GraphCache:
         lets a caller skip its own dispatch when a graph will serve."""
         if not self._entries or not self.usable(tensors):
             return None
-        sig = (key, *_Layout(tensors).sig)
+        layout = _Layout(tensors)
+        sig = (key, *layout.sig)
         with self._lock, torch.cuda.device(tensors[0].device):
-            return self._replay(sig, tensors)
+            return self._replay(sig, layout, tensors)
 
-    def _replay(self, sig: Hashable, tensors: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
+    def _replay(self, sig: Hashable, layout: _Layout, tensors: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
         entry = self._entries.get(sig)
         if entry is None:
             return None
         self._entries.move_to_end(sig)
         cur = torch.cuda.current_stream(tensors[0].device)
         cur.wait_event(entry.done)  # the last use may have run on another stream
-        entry.load(tensors)
+        entry.load(tensors, layout)
         entry.graph.replay()
         out = entry.out.clone()
         entry.done.record(cur)
@@ -226,7 +232,7 @@ class GraphCache:
                         span.untyped_storage(), off, t.shape, t.stride())
                 spans.append(span)
         entry = _Entry(layout, statics, spans, None, None, None)
-        entry.load(tensors)
+        entry.load(tensors, layout)
         side = torch.cuda.Stream(dev)
         side.wait_stream(cur)
         graph = torch.cuda.CUDAGraph()

@@ -44,7 +44,7 @@ def to_device_packed(parts: Sequence[tuple[torch.Tensor, torch.dtype]],
         offsets.append(end)
         end += t.numel() * dt.itemsize
     pin = device.type == "cuda"
-    host = torch.empty(end, dtype=torch.uint8, pin_memory=pin)
+    host = torch.empty(end, dtype=torch.uint8, device="cpu", pin_memory=pin)  # whatever the default device
     for (t, dt), o in zip(parts, offsets):
         if t.numel():
             host[o:o + t.numel() * dt.itemsize].view(dt).view(t.shape).copy_(t)

@@ -737,11 +737,12 @@ def _launch(images, o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out: bool,
     """Run the backend's kernel on canonical arguments (see :mod:`.ops`).
 
     ``direct``: skip the registered op's dispatch (tens of microseconds per call) unless a
-    ``torch.compile`` trace or a dispatch mode needs the op: on the C++ backend call the launcher,
+    ``torch.compile`` or ``torch.jit`` trace or a dispatch mode needs the op: on the C++ backend call the launcher,
     on the Triton backend replay the op's CUDA graph when one is already captured for the call.
     """
     backend = select_backend("augment", images.device, _BACKENDS)
-    direct = direct and not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack()
+    direct = (direct and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+              and not torch._C._len_torch_dispatch_stack())
     if backend == "cpp":
         if direct:
             return augment_apply_cpp(images, o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out)

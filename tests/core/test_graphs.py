@@ -285,3 +285,46 @@ def test_views_scattered_over_a_large_storage_are_copied_one_by_one(fake_cuda):
     big2 = torch.randn(4, 1000)
     assert torch.equal(cache(fn, (big2[:, :2], big2[:, 998:])), big2[:, :2] * 2 + big2[:, 998:])
     assert len(calls) == 2
+
+
+def test_each_call_copies_its_own_span(fake_cuda):
+    # the same layout further into another buffer: the signature matches, the bytes come from
+    # where this call's views are
+    cache = GraphCache()
+    calls = []
+    fn = _fn(calls)
+    a, b = _packed([1, 2], [3.0, 4.0])
+    cache(fn, (a, b))
+    buf = torch.zeros(256, dtype=torch.uint8)
+    a2 = buf[16:24].view(torch.int32)
+    b2 = buf[16 + 32 + 24:16 + 32 + 24 + 16].view(torch.float64)
+    assert b2.data_ptr() - a2.data_ptr() == b.data_ptr() - a.data_ptr()
+    a2.copy_(torch.tensor([50, 60]))
+    b2.copy_(torch.tensor([-20.0, 0.5]))
+    size = buf.untyped_storage().nbytes()
+    assert torch.equal(cache(fn, (a2, b2)), torch.tensor([80.0, 120.5], dtype=torch.float64))
+    assert len(calls) == 2 and buf.untyped_storage().nbytes() == size  # replayed; the buffer untouched
+
+
+def test_lazy_conj_and_neg_views_are_not_copied_as_raw_bytes(fake_cuda):
+    cache = GraphCache()
+    calls = []
+    fn = _fn(calls)
+    x = torch.tensor([1 + 2j, 3 - 1j])
+    assert torch.equal(cache(fn, (x, x.conj())), x * 2 + x.conj())
+    y = torch.tensor([2 - 1j, -1 + 4j])
+    assert torch.equal(cache(fn, (y, y.conj())), y * 2 + y.conj())
+    z = torch.tensor([1.0, -2.0])
+    assert torch.equal(cache(fn, (z, torch._neg_view(z))), z * 2 - z)
+
+
+def test_storages_that_start_at_one_address_are_not_one_group(fake_cuda):
+    np = pytest.importorskip("numpy")
+    cache = GraphCache()
+    calls = []
+    fn = _fn(calls)
+    arr = np.arange(8, dtype=np.float32)
+    a, b = torch.from_numpy(arr[:2]), torch.from_numpy(arr[:4])[2:]  # two storages over one allocation
+    assert torch.equal(cache(fn, (a, b)), a * 2 + b)
+    entry = next(iter(cache._entries.values()))
+    assert entry.spans == [] and entry.layout.singles == [0, 1]

@@ -56,3 +56,11 @@ def test_gpu_copy_is_asynchronous_and_exact():
         torch.cuda.set_sync_debug_mode(0)
     assert x.is_cuda and torch.equal(x.cpu(), a.int()) and torch.equal(y.cpu(), v)
     assert torch.equal(z.cpu(), f.to(torch.uint8))
+
+
+def test_the_host_buffer_ignores_the_default_device():
+    parts = [(torch.arange(3), torch.int32), (torch.ones(2), torch.float64)]
+    with torch.device("meta"):  # as torch.set_default_device("cuda") would: the staging buffer stays on the host
+        x, y = to_device_packed(parts, "cpu")
+    assert x.device.type == "cpu" and torch.equal(x, torch.arange(3, dtype=torch.int32))
+    assert torch.equal(y, torch.ones(2, dtype=torch.float64))
