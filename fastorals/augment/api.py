@@ -898,9 +898,9 @@ class BatchAugment(nn.Module):
         mean_t, std_t, float_out = spec
         parts = [(o, torch.int32), (crop, torch.int32), (d.flip, torch.uint8), (d.cutout, torch.int32),
                  (v, torch.float64)]
-        if dev.type == "cpu" and img_dev.type != "cpu":
+        if dev.type == "cpu" and img_dev.type != "cpu" and not torch.compiler.is_compiling():
             # drawn on the host, applied on a device: one copy (asynchronous to a GPU), whose views
-            # a graph replay also loads with one copy
+            # a graph replay also loads with one copy (a compiled graph makes its own copies)
             o, crop, flip, cut, v = to_device_packed(parts, img_dev)
         else:
             o, crop, flip, cut, v = (t.to(device=img_dev, dtype=dt).contiguous() for t, dt in parts)
