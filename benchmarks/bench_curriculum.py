@@ -4,7 +4,8 @@ Every case runs the LoL test of all classes at a fixed set of levels (T = 10 sam
 level, the paper's official magnitude mapping, crop 4 + flip) and returns the new levels.
 
 * ``fastorals``: :meth:`fastorals.curriculum.CurriculumAugment.update`: the whole test drawn at
-  once, augmented by the fused kernel and classified in batches of 1024, counts by ``bincount``.
+  once, augmented by the fused kernel and classified in batches (``eval_batch_size``'s default: 256
+  on the CPU), counts by ``bincount``.
 * ``reference``: :func:`fastorals.curriculum.reference.lol_update` on the same draws: class by
   class, level by level, each image through the per-image PIL pipeline, one forward pass per
   (class, level) group; verified to give the same counts and levels.

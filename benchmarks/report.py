@@ -29,7 +29,12 @@ def markdown_table(rows: list[dict[str, Any]], title: str = "") -> str:
         for r in rs:
             peers = ", ".join(f"{k} {_fmt(v)}×" for k, v in r.get("ratio_vs_peers", {}).items()) or "–"
             pct = "–" if r.get("pct_of_limit") is None else f"{r['pct_of_limit']:.1f}% {r['limit_kind']}"
-            span = "–" if r.get("p20_ms") is None else f"{_fmt(r['p20_ms'])}–{_fmt(r['p80_ms'])}"
+            if r.get("p20_ms") is None:
+                span = "–"
+            elif r.get("repeats") == 1:  # one timed call (over the time budget): no spread to show
+                span = "1 call"
+            else:
+                span = f"{_fmt(r['p20_ms'])}–{_fmt(r['p80_ms'])}"
             ratio = "–" if r.get("ratio_vs_reference") is None else f"{_fmt(r['ratio_vs_reference'])}×"
             note = (r.get("note") or "").replace("|", "/")
             out.append(

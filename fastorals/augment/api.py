@@ -426,6 +426,16 @@ class ChainSampler:
         max_ops: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
     ) -> Chains:
+        """Chains for per-sample ``strengths`` (int [B] levels) with this configuration.
+
+        Args and draws as :func:`sample_chains`. Returns :class:`Chains` [B, K] (K: ``max_ops``,
+        else the largest chain length).
+
+        Example:
+            >>> chains = ChainSampler()(torch.tensor([0, 3, 10]), image_size=(32, 32))
+            >>> chains.ops.shape
+            torch.Size([3, 10])
+        """
         return sample_chains(
             strengths, image_size=image_size, num_ops=num_ops, max_level=self.max_level,
             magnitude_mode=self.magnitude_mode, ops=self.ops, strongest=self.strongest,

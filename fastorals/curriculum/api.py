@@ -124,8 +124,8 @@ class CurriculumAugment:
         history: int64 [U, C] levels after each of the U updates so far.
         last_result: the :class:`~fastorals.curriculum.lol.LoLResult` of the last update.
 
-    Randomness: call ``k`` on rank ``r`` uses a generator seeded with ``(seed, r, k)``; update
-    ``u`` uses one seeded with ``(seed, u)`` on every rank (each rank evaluates a disjoint share
+    Randomness: call ``k`` on rank ``r`` uses a generator seeded with ``(seed, "tr", r, k)``;
+    update ``u`` uses one seeded with ``(seed, "lol", u)`` on every rank (each rank evaluates a disjoint share
     of the same test, and the counts are all-reduced). The state is therefore just counters and
     levels: :meth:`state_dict` + :meth:`load_state_dict` resume exactly, on any number of ranks.
 

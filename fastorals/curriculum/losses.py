@@ -234,6 +234,8 @@ class CELoss(LongTailLoss):
     """Plain cross-entropy (the CE baseline), with the common ``(logits, target, epoch)`` call."""
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, epoch: Optional[int] = None) -> torch.Tensor:
+        """The loss of ``logits`` (float [B, C]) for ``target`` (int [B]) at ``epoch`` (None: the one set
+        with :meth:`set_epoch`); a scalar, or [B] with ``reduction="none"``."""
         _check_logits(logits, target)
         self._epoch(epoch)  # no schedule; checked like the others'
         return F.cross_entropy(logits, target.long(), reduction=self.reduction)
@@ -256,6 +258,8 @@ class CEDRWLoss(_DRWMixin, LongTailLoss):
         self._init_drw(counts, drw_epoch, beta)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, epoch: Optional[int] = None) -> torch.Tensor:
+        """The loss of ``logits`` (float [B, C]) for ``target`` (int [B]) at ``epoch`` (None: the one set
+        with :meth:`set_epoch`); a scalar, or [B] with ``reduction="none"``."""
         _check_logits(logits, target, self.num_classes)
         w = self.weight_at(self._epoch(epoch))
         w = None if w is None else w.to(device=logits.device, dtype=logits.dtype)
@@ -289,6 +293,8 @@ class LDAMLoss(_DRWMixin, LongTailLoss):
         self._init_drw(counts, drw_epoch, beta)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, epoch: Optional[int] = None) -> torch.Tensor:
+        """The loss of ``logits`` (float [B, C]) for ``target`` (int [B]) at ``epoch`` (None: the one set
+        with :meth:`set_epoch`); a scalar, or [B] with ``reduction="none"``."""
         _check_logits(logits, target, self.num_classes)
         w = self.weight_at(self._epoch(epoch))
         return ldam_loss(logits, target, self.margins, self.scale, w, self.reduction)
@@ -312,6 +318,8 @@ class BalancedSoftmaxLoss(LongTailLoss):
         self.register_buffer("log_prior", lp, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, epoch: Optional[int] = None) -> torch.Tensor:
+        """The loss of ``logits`` (float [B, C]) for ``target`` (int [B]) at ``epoch`` (None: the one set
+        with :meth:`set_epoch`); a scalar, or [B] with ``reduction="none"``."""
         _check_logits(logits, target, self.num_classes)
         self._epoch(epoch)  # no schedule; checked like the others'
         return balanced_softmax_loss(logits, target, self.log_prior, self.reduction)
@@ -349,6 +357,13 @@ def make_loss(name: str, class_counts: Optional[CountsLike] = None, **kwargs) ->
         name: the loss.
         class_counts: [C] training images per class (all but "ce").
         kwargs: passed to the loss class (e.g. ``drw_epoch``, ``beta``, ``max_margin``, ``scale``).
+    Returns:
+        a :class:`LongTailLoss`: ``loss(logits [B, C], target [B])`` -> scalar.
+
+    Example:
+        >>> loss = make_loss("ce_drw", [500, 50, 5], drw_epoch=160)
+        >>> loss(torch.zeros(2, 3), torch.tensor([0, 2])).shape
+        torch.Size([])
     """
     key = name.lower().replace("-", "_") if isinstance(name, str) else name
     if key not in _NAMES:

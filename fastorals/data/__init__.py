@@ -8,6 +8,7 @@ Example:
 """
 
 from .cifar import (
+    CifarFormatError,
     RestrictedUnpickler,
     UnsafePickleError,
     load_cifar10,
@@ -22,6 +23,7 @@ from .longtail import group_accuracy, long_tailed_counts, long_tailed_indices, s
 from .synthetic import class_names, synthetic_images, synthetic_splits
 
 __all__ = [
+    "CifarFormatError",
     "DatasetSplits",
     "ImageDataset",
     "RestrictedUnpickler",

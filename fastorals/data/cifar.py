@@ -26,6 +26,11 @@ class UnsafePickleError(pickle.UnpicklingError):
     """A pickle asked for a global outside the allow-list (it may try to run code)."""
 
 
+class CifarFormatError(ValueError):
+    """A file of a CIFAR directory is not a CIFAR batch (not a pickle, truncated, wrong contents);
+    the message names the file."""
+
+
 # (module, name) -> (module to import, attribute); numpy.core moved to numpy._core in NumPy 2.
 _ALLOWED: dict[tuple[str, str], tuple[str, str]] = {
     ("numpy.core.multiarray", "_reconstruct"): ("numpy.core.multiarray", "_reconstruct"),
@@ -64,31 +69,42 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_load_pickle(path: PathLike) -> Any:
-    """Load a pickle file through :class:`RestrictedUnpickler`."""
+    """Load a pickle file through :class:`RestrictedUnpickler`.
+
+    Raises:
+        UnsafePickleError: the file asks for a global outside the allow-list.
+        CifarFormatError: the file is not a readable pickle (garbage, truncated).
+    """
     with open(path, "rb") as f:
-        return RestrictedUnpickler(f, source=os.fspath(path)).load()
+        try:
+            return RestrictedUnpickler(f, source=os.fspath(path)).load()
+        except UnsafePickleError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+                UnicodeDecodeError, MemoryError) as e:
+            raise CifarFormatError(f"{os.fspath(path)}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from None
 
 
 def _get(d: dict, key: str, path: PathLike) -> Any:
     for k in (key.encode(), key):
         if k in d:
             return d[k]
-    raise ValueError(f"{path}: expected a key {key!r} in the CIFAR batch, found {sorted(map(str, d))}")
+    raise CifarFormatError(f"{path}: expected a key {key!r} in the CIFAR batch, found {sorted(map(str, d))}")
 
 
 def _batch_to_tensors(path: PathLike, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     d = safe_load_pickle(path)
     if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a dict in the CIFAR batch, got {type(d).__name__}")
+        raise CifarFormatError(f"{path}: expected a dict in the CIFAR batch, got {type(d).__name__}")
     data = np.asarray(_get(d, "data", path))
     labels = np.asarray(_get(d, label_key, path), dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] % 3 != 0:
-        raise ValueError(f"{path}: expected uint8 data of shape [N, 3*H*W], got {data.dtype} {data.shape}")
+        raise CifarFormatError(f"{path}: expected uint8 data of shape [N, 3*H*W], got {data.dtype} {data.shape}")
     side = int(round((data.shape[1] // 3) ** 0.5))
     if 3 * side * side != data.shape[1]:
-        raise ValueError(f"{path}: rows of length {data.shape[1]} are not 3 square channels")
+        raise CifarFormatError(f"{path}: rows of length {data.shape[1]} are not 3 square channels")
     if labels.shape != (data.shape[0],):
-        raise ValueError(f"{path}: {labels.shape[0]} labels for {data.shape[0]} images")
+        raise CifarFormatError(f"{path}: {labels.shape[0]} labels for {data.shape[0]} images")
     images = torch.from_numpy(data.reshape(-1, 3, side, side).copy())
     return images, torch.from_numpy(labels)
 
@@ -139,6 +155,8 @@ def load_cifar10(root: PathLike) -> DatasetSplits:
 def load_cifar100(root: PathLike, coarse: bool = False) -> DatasetSplits:
     """CIFAR-100 from ``root/cifar-100-python`` (or ``root`` itself); fine labels unless ``coarse``."""
     d = _find_dir(os.path.expanduser(os.fspath(root)), "cifar-100-python", "test")
+    if not os.path.isfile(os.path.join(d, "train")):
+        raise FileNotFoundError(f"root: {os.path.join(d, 'train')} is missing (the CIFAR-100 training batch)")
     key = "coarse_labels" if coarse else "fine_labels"
     train = ImageDataset(*_batch_to_tensors(os.path.join(d, "train"), key))
     test = ImageDataset(*_batch_to_tensors(os.path.join(d, "test"), key))

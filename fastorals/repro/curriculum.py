@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 
@@ -124,7 +124,7 @@ def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
     curves: dict[str, Any] = {}
     for name, loss_name, use_cuda in RUNS:
         lol_times: list[float] = []
-        r = _train(cfg, train, loss_name, use_cuda, seed, progress, lol_times)
+        r = _train(cfg, train, loss_name, use_cuda, seed, name if progress else False, lol_times)
         pred = _predict(r["model"], test.images)
         acc = data.group_accuracy(pred, test.labels, groups, c)
         results[name] = {k: 100 * v for k, v in acc.items()}
@@ -147,6 +147,7 @@ def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
         }
     _plot(results, histories, counts, source, mode, cfg, out_dir)
     return {
+        "table": _table(results, timing, source),
         "data": source,
         "config": cfg,
         "train_counts": counts.tolist(),
@@ -160,8 +161,19 @@ def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
     }
 
 
+def _table(results: dict[str, Any], timing: dict[str, Any], source: str) -> str:
+    """The accuracies (%, mean per class) and training times, as a Markdown table."""
+    rows = [f"{source}", "", "| run | many | medium | few | all | train s | vs base |", "|---|---|---|---|---|---|---|"]
+    for name, acc in results.items():
+        over = timing[name].get("overhead_vs_base", {}).get("total")
+        cells = [f"{acc[k]:.1f}" if acc[k] == acc[k] else "–" for k in ("many", "medium", "few", "all")]
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {timing[name]['total_s']:.1f} | "
+                    + ("–" if over is None else f"{100 * over:+.0f}%") + " |")
+    return "\n".join(rows)
+
+
 def _train(cfg: dict[str, Any], train: data.ImageDataset, loss_name: str, use_cuda: bool, seed: int,
-                        progress: bool, lol_times: list[float]) -> dict[str, Any]:
+           progress: Union[bool, str], lol_times: list[float]) -> dict[str, Any]:
     c = cfg["classes"]
     counts = train.class_counts()
     torch.manual_seed(seed)

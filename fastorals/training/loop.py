@@ -211,7 +211,7 @@ def fit(
     seed: Optional[int] = 0,
     grad_clip: Optional[float] = None,
     on_epoch_start: Optional[Callable[[int, nn.Module], None]] = None,
-    progress: bool = True,
+    progress: Union[bool, str] = True,
     extra_state: Optional[dict[str, Any]] = None,
 ) -> FitResult:
     """Train ``model`` for ``epochs`` over ``train``.
@@ -224,7 +224,8 @@ def fit(
         optimizer: default ``make_optimizer(model, optimizer_name, lr, weight_decay)``.
         schedule: "cosine" | "onecycle" | "multistep" | "constant", stepped per batch;
             ``milestones`` in epochs for "multistep" (x0.1 each).
-        loss_fn: ``loss_fn(logits, y)``, default cross-entropy.
+        loss_fn: ``loss_fn(logits, y)``, default cross-entropy. A loss with ``set_epoch(epoch)``
+            (the long-tailed DRW losses of :mod:`fastorals.curriculum`) is told each epoch before it starts.
         augment: per-batch ``fn(x, y) -> x`` on the raw batch (uint8 or float) before conversion.
         adversarial: PGD adversarial training settings (``AdversarialConfig``).
         test: evaluated every ``eval_every`` epochs and at the end.
@@ -234,7 +235,7 @@ def fit(
         seed: seeds Python/NumPy/torch at the start (None: leave the RNG alone).
         grad_clip: max gradient norm.
         on_epoch_start: ``fn(epoch, model)`` hook (e.g. a curriculum update).
-        progress: show a progress bar.
+        progress: show a progress bar; a string shows it with that label (default "fit").
         extra_state: objects with ``state_dict``/``load_state_dict`` (e.g. a curriculum) saved in
             and restored from the checkpoint.
 
@@ -278,8 +279,12 @@ def fit(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=(epochs - start) * steps_per_epoch, disable=not progress, desc="fit", unit="batch", leave=False)
+    label = progress if isinstance(progress, str) else "fit"
+    bar = tqdm(total=(epochs - start) * steps_per_epoch, disable=not progress, desc=label, unit="batch", leave=False)
+    set_epoch = getattr(loss_fn, "set_epoch", None)
     for epoch in range(start, epochs):
+        if callable(set_epoch):
+            set_epoch(epoch)
         if on_epoch_start is not None:
             on_epoch_start(epoch, model)
         train.set_epoch(epoch)

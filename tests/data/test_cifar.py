@@ -111,3 +111,43 @@ def test_write_cifar_batch_round_trip(tmp_path):
     assert torch.equal(s.train.images, x) and torch.equal(s.train.labels, y)
     with pytest.raises(ValueError, match="images"):
         write_cifar_batch(d / "bad", x.float(), y)
+
+
+def test_unreadable_files_name_themselves(tmp_path):
+    from fastorals.data import CifarFormatError
+
+    d = tmp_path / "cifar-100-python"
+    d.mkdir()
+    x = np.zeros((2, 3072), np.uint8)
+    _write(d / "test", {b"data": x, b"fine_labels": [0, 1]})
+    with assert_raises(FileNotFoundError, "train", "missing"):
+        load_cifar100(tmp_path)
+    (d / "train").write_bytes(b"%" + os.urandom(64))
+    with assert_raises(CifarFormatError, str(d / "train"), "not a readable"):
+        load_cifar100(tmp_path)
+    _write(d / "train", {b"data": x, b"fine_labels": [0, 1]})
+    whole = (d / "train").read_bytes()
+    (d / "train").write_bytes(whole[: len(whole) // 2])  # cut off partway
+    with assert_raises(CifarFormatError, str(d / "train")):
+        load_cifar100(tmp_path)
+    _write(d / "train", [1, 2, 3])
+    with assert_raises(CifarFormatError, "expected a dict"):
+        load_cifar100(tmp_path)
+    assert issubclass(CifarFormatError, ValueError)
+
+
+def test_repro_cli_reports_unreadable_data_without_a_traceback(tmp_path, capsys):
+    from fastorals import cli
+
+    assert cli.main(["repro", "curriculum", "--smoke", "--out", str(tmp_path / "o"),
+                     "--cifar100", str(tmp_path / "nope")]) == 2
+    assert "--cifar100" in capsys.readouterr().err
+    d = tmp_path / "cifar-100-python"
+    d.mkdir()
+    _write(d / "test", {b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [0, 1]})
+    (d / "train").write_bytes(b"%garbage")
+    before = os.environ.get("FASTORALS_CIFAR100_ROOT")
+    assert cli.main(["repro", "curriculum", "--smoke", "--out", str(tmp_path / "o"), "--cifar100", str(tmp_path)]) == 2
+    assert os.environ.get("FASTORALS_CIFAR100_ROOT") == before  # the option applies to that run only
+    err = capsys.readouterr().err
+    assert "train" in err and "not a readable CIFAR pickle" in err and "Traceback" not in err

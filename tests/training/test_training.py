@@ -125,3 +125,22 @@ def test_training_bad_args():
     with assert_raises(FloatingPointError, "loss"):
         training.fit(m, data.TensorLoader(x, y, 4), epochs=1, lr=1e30, progress=False,
                      loss_fn=lambda a, b: F.cross_entropy(a, b) * float("inf"))
+
+
+def test_fit_tells_an_epoch_scheduled_loss_each_epoch(capsys):
+    # DRW losses switch weights at drw_epoch: fit calls their set_epoch before each epoch, so a
+    # DRW loss passed as loss_fn re-weights without any hook of the user's
+    from fastorals import curriculum
+
+    x, y = _toy()
+    counts = torch.bincount(y, minlength=int(y.max()) + 1)
+    seen = []
+    loss = curriculum.make_loss("ce_drw", counts, drw_epoch=1)
+    real = loss.forward
+    loss.forward = lambda z, t, epoch=None: (seen.append((loss.epoch, loss.weight_at(loss.epoch) is not None)),
+                                             real(z, t))[1]
+    training.fit(_model(), data.TensorLoader(x, y, 48, seed=0), epochs=3, lr=0.05, loss_fn=loss, progress=False)
+    assert loss.epoch == 2
+    assert sorted(set(seen)) == [(0, False), (1, True), (2, True)]
+    training.fit(_model(), data.TensorLoader(x, y, 48, seed=0), epochs=1, lr=0.05, progress="CE+CUDA")
+    assert "CE+CUDA" in capsys.readouterr().err
