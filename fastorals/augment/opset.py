@@ -156,7 +156,7 @@ def op_id(op: OpLike) -> int:
         raise TypeError(f"op: expected an op name or id, got {op!r}")
     if isinstance(op, int):
         if not 0 <= op < NUM_OPS:
-            raise ValueError(f"op: unknown op id {op}, expected 0..{NUM_OPS - 1} (or {NONE} for none)")
+            raise ValueError(f"op: unknown op id {op}, expected 0..{NUM_OPS - 1}")
         return op
     if isinstance(op, str):
         for name, i in OP_IDS.items():

@@ -19,9 +19,12 @@ All losses are thin compositions of ``F.cross_entropy`` (one fused kernel on eve
 The modules have ``set_epoch(epoch)`` (DRW) and accept ``loss(logits, target, epoch=None)``.
 
 Example:
-    >>> counts = data.long_tailed_counts(100, 500, 100)
+    >>> from fastorals import data
+    >>> counts = data.long_tailed_counts(100, 500, 100)         # 500 ... 5 images per class
     >>> loss_fn = make_loss("ldam_drw", counts, drw_epoch=160)
-    >>> loss_fn.set_epoch(170); loss = loss_fn(logits, y)
+    >>> loss_fn.set_epoch(170)                                   # training.fit does this every epoch
+    >>> loss_fn(torch.rand(8, 100), torch.arange(8)).shape
+    torch.Size([])
 """
 
 from __future__ import annotations
@@ -93,8 +96,16 @@ def class_balanced_weights(class_counts: CountsLike, beta: float = 0.9999, *,
 def ldam_margins(class_counts: CountsLike, max_margin: float = 0.5, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """LDAM margins ``m_c ∝ n_c^{-1/4}``, scaled so the largest (rarest class) is ``max_margin``.
 
+    Args:
+        class_counts: [C] positive counts n_c.
+        max_margin: the rarest class's margin.
+        dtype: output dtype.
     Returns:
         [C] margins (CPU).
+
+    Example:
+        >>> ldam_margins([10000, 16, 1])
+        tensor([0.0500, 0.2500, 0.5000])
     """
     n = _counts(class_counts)
     if isinstance(max_margin, bool) or not isinstance(max_margin, (int, float)) or not (
@@ -106,7 +117,12 @@ def ldam_margins(class_counts: CountsLike, max_margin: float = 0.5, *, dtype: to
 
 
 def log_prior(class_counts: CountsLike, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``log(n_c / sum n)`` [C] (CPU)."""
+    """The log class prior ``log(n_c / sum n)`` [C] (CPU) that Balanced Softmax adds to the logits.
+
+    Example:
+        >>> log_prior([3, 1]).exp()
+        tensor([0.7500, 0.2500])
+    """
     n = _counts(class_counts)
     return torch.log(n / n.sum()).to(dtype)
 
@@ -231,7 +247,12 @@ class _DRWMixin:
 
 
 class CELoss(LongTailLoss):
-    """Plain cross-entropy (the CE baseline), with the common ``(logits, target, epoch)`` call."""
+    """Plain cross-entropy (the CE baseline), with the common ``(logits, target, epoch)`` call.
+
+    Example:
+        >>> CELoss()(torch.zeros(2, 3), torch.tensor([0, 2]))
+        tensor(1.0986)
+    """
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, epoch: Optional[int] = None) -> torch.Tensor:
         """The loss of ``logits`` (float [B, C]) for ``target`` (int [B]) at ``epoch`` (None: the one set
@@ -248,6 +269,13 @@ class CEDRWLoss(_DRWMixin, LongTailLoss):
         class_counts: [C] training images per class.
         drw_epoch: first re-weighted epoch (160 of 200 in the paper's setup).
         beta: class-balanced beta (0.9999).
+        reduction: "mean" (weighted mean once re-weighted), "sum" or "none".
+
+    Example:
+        >>> loss = CEDRWLoss([500, 50, 5], drw_epoch=2)
+        >>> loss.set_epoch(2)                      # training.fit does this every epoch
+        >>> loss(torch.randn(4, 3), torch.tensor([0, 1, 2, 2])).shape
+        torch.Size([])
     """
 
     def __init__(self, class_counts: CountsLike, drw_epoch: int = 160, beta: float = 0.9999,
@@ -278,6 +306,13 @@ class LDAMLoss(_DRWMixin, LongTailLoss):
         scale: s (30), for cosine logits (:class:`NormedLinear`).
         drw_epoch: first re-weighted epoch, or None for plain LDAM.
         beta: class-balanced beta (0.9999).
+        reduction: "mean", "sum" or "none".
+
+    Example:
+        >>> head = NormedLinear(64, 3)                  # cosine logits in [-1, 1]
+        >>> loss = LDAMLoss([500, 50, 5], drw_epoch=None)
+        >>> loss(head(torch.randn(4, 64)), torch.tensor([0, 1, 2, 2])).shape
+        torch.Size([])
     """
 
     def __init__(self, class_counts: CountsLike, max_margin: float = 0.5, scale: float = 30.0,
@@ -309,6 +344,11 @@ class BalancedSoftmaxLoss(LongTailLoss):
 
     Args:
         class_counts: [C] training images per class.
+        reduction: "mean", "sum" or "none".
+
+    Example:
+        >>> BalancedSoftmaxLoss([3, 1])(torch.zeros(1, 2), torch.tensor([1]))  # -log(1/4)
+        tensor(1.3863)
     """
 
     def __init__(self, class_counts: CountsLike, reduction: str = "mean") -> None:
@@ -332,6 +372,10 @@ class NormedLinear(nn.Module):
     """Cosine classifier head: ``normalize(x) @ normalize(W)^T`` in [-1, 1] (for LDAM).
 
     Shapes: [B, in_features] -> [B, out_features].
+
+    Example:
+        >>> NormedLinear(64, 10)(torch.randn(8, 64)).abs().max() <= 1
+        tensor(True)
     """
 
     def __init__(self, in_features: int, out_features: int) -> None:

@@ -236,3 +236,12 @@ def test_class_balanced_weights_docstring_example():
     want = torch.tensor([0.0277, 0.2708, 2.7015])
     assert torch.allclose(cu.class_balanced_weights([500, 50, 5]), want, atol=5e-5)
     assert "0.0277, 0.2708, 2.7015" in cu.class_balanced_weights.__doc__
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from fastorals.curriculum import losses
+
+    res = doctest.testmod(losses, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert res.attempted >= 10 and res.failed == 0
