@@ -48,15 +48,21 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{name:16s} {r.description}")
         return 0 if args.list else 2
     mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
+    known = repro.available().get(args.name)
     roots = {}
     for flag, var in (("cifar10", "FASTORALS_CIFAR10_ROOT"), ("cifar100", "FASTORALS_CIFAR100_ROOT")):
         root = getattr(args, flag)
         if root is not None:
+            if known is not None and flag not in known.data:
+                reads = ", ".join(f"--{d}" for d in known.data) or "no local data set"
+                print(f"fastorals repro: --{flag}: the {args.name} reproduction does not read it (it reads: {reads})",
+                      file=sys.stderr)
+                return 2
             if not os.path.isdir(os.path.expanduser(root)):
                 print(f"fastorals repro: --{flag}: {root!r} is not a directory", file=sys.stderr)
                 return 2
             roots[var] = root
-    from .data import CifarFormatError
+    from .data import CifarFormatError, CifarNotFoundError
 
     saved = {var: os.environ.get(var) for var in roots}
     os.environ.update(roots)  # the reproductions read their data roots from the environment
@@ -65,7 +71,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyError as exc:
         print(f"fastorals repro: {exc.args[0]}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, CifarFormatError) as exc:  # a local data set that cannot be read
+    except (CifarNotFoundError, CifarFormatError) as exc:  # a local data set that cannot be read
         print(f"fastorals repro: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -115,7 +115,10 @@ class Chains:
         s = torch.ones(b, k, dtype=torch.int8)
         for i, row in enumerate(ops):
             for j, op in enumerate(row):
-                o[i, j] = O.NONE if op is None or (isinstance(op, int) and op == O.NONE) else O.op_id(op)
+                try:
+                    o[i, j] = O.NONE if op is None or (isinstance(op, int) and op == O.NONE) else O.op_id(op)
+                except (ValueError, TypeError) as e:
+                    raise type(e)(f"{e} at [{i}, {j}]") from None
                 if magnitudes is not None:
                     m[i, j] = float(magnitudes[i][j])
                 if signs is not None:
@@ -218,8 +221,10 @@ def _image_size(image_size) -> Optional[tuple[int, int]]:
     if image_size is None:
         return None
     try:
+        ok = not isinstance(image_size, (str, bytes)) and len(image_size) == 2 and not any(
+            isinstance(v, (bool, str, bytes)) for v in image_size)
         h, w = (int(v) for v in image_size)
-        ok = all(float(v) == int(v) for v in image_size)
+        ok = ok and all(float(v) == int(v) for v in image_size)
     except (TypeError, ValueError):
         ok = False
     if not ok or h < 1 or w < 1:
@@ -263,8 +268,9 @@ class _ChainTable:
     """Constant per-op tables of :func:`sample_chains` for one configuration (cached).
 
     ``pool``: op ids drawn from; ``base``, ``span``, ``div``: value of op i at level L is
-    ``(L / div) * span[i] + base[i]``; ``valueless``, ``randomly_signed``: per-op masks.
-    ``values()`` is the same arithmetic done once for every (level, pool entry, sign draw).
+    ``(L / div) * span[i] + base[i]``, at most ``cap[i]``; ``valueless``, ``randomly_signed``:
+    per-op masks. ``values()`` is the same arithmetic done once for every (level, pool entry,
+    sign draw).
     """
 
     pool: torch.Tensor
@@ -274,6 +280,7 @@ class _ChainTable:
     valueless: torch.Tensor
     randomly_signed: torch.Tensor
     max_level: int
+    cap: torch.Tensor
     _values: Optional[torch.Tensor] = None
 
     def magnitudes(self, lvl: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -282,7 +289,7 @@ class _ChainTable:
         Official mode: ``lo + level / d * (hi - lo)``; monotone: ``identity + level / max_level *
         (strongest - identity)``.
         """
-        mag = (lvl / self.div) * self.span[idx] + self.base[idx]
+        mag = torch.minimum((lvl / self.div) * self.span[idx] + self.base[idx], self.cap[idx])
         return torch.where(self.valueless[idx], torch.zeros_like(mag), mag)
 
     def values(self) -> torch.Tensor:
@@ -292,21 +299,28 @@ class _ChainTable:
         active slot: the same float64 expressions, element by element.
         """
         if self._values is None:
-            dev = self.pool.device
-            p = self.pool.numel()
-            idx = self.pool.unsqueeze(0).expand(self.max_level + 1, p)
-            lvl = torch.arange(self.max_level + 1, device=dev).to(torch.float64).unsqueeze(1).expand(-1, p)
-            mag = self.magnitudes(lvl, idx).unsqueeze(-1).expand(-1, -1, 2)
-            ops = idx.unsqueeze(-1).expand(-1, -1, 2)
-            draw = torch.tensor([0, 1], device=dev).expand(self.max_level + 1, p, 2)
-            signs = torch.where(self.randomly_signed[ops], draw * 2 - 1, torch.ones_like(draw))
-            self._values = O.signed_values(ops, mag, signs).contiguous()
+            self._values = self._signed(torch.arange(self.max_level + 1, device=self.pool.device))
         return self._values
+
+    def _signed(self, levels: torch.Tensor) -> torch.Tensor:
+        """float64 [len(levels), P, 2] signed values at ``levels`` (int), as :meth:`values`."""
+        dev = self.pool.device
+        p = self.pool.numel()
+        n = levels.numel()
+        idx = self.pool.unsqueeze(0).expand(n, p)
+        lvl = levels.to(torch.float64).unsqueeze(1).expand(-1, p)
+        mag = self.magnitudes(lvl, idx).unsqueeze(-1).expand(-1, -1, 2)
+        ops = idx.unsqueeze(-1).expand(-1, -1, 2)
+        draw = torch.tensor([0, 1], device=dev).expand(n, p, 2)
+        signs = torch.where(self.randomly_signed[ops], draw * 2 - 1, torch.ones_like(draw))
+        return O.signed_values(ops, mag, signs).contiguous()
 
     def check_domains(self, magnitude_mode: str, sized: bool) -> None:
         """Raise if a configured value (any level, either sign) lies outside its op's domain;
-        TranslateX/Y only when ``sized`` (monotone values scale with the image side)."""
-        v = self.values()
+        TranslateX/Y only when ``sized`` (monotone values scale with the image side). Each op's
+        value is monotone in the level, so levels 0 and ``max_level`` bound all the others."""
+        ends = torch.tensor([0, self.max_level], device=self.pool.device)
+        v = self._signed(ends)
         if not v.numel():
             return
         ops = self.pool.view(1, -1, 1).expand_as(v)
@@ -315,12 +329,12 @@ class _ChainTable:
         if not sized:
             bad &= (ops != O.TRANSLATE_X) & (ops != O.TRANSLATE_Y)
         if bool(bad.any()):
-            lvl, j, sgn = (int(x) for x in bad.nonzero()[0])
+            e, j, sgn = (int(x) for x in bad.nonzero()[0])
             op = int(self.pool[j])
             lo, hi = O.DOMAIN[op]
-            name = "strongest" if magnitude_mode == "monotone" else "official_max_d"
-            raise ValueError(f"{name}: {O.OP_NAMES[op]} reaches {float(v[lvl, j, sgn])!r} at level {lvl}, outside "
-                             f"its domain [{lo}, {hi}]")
+            name = "strongest" if magnitude_mode == "monotone" else "max_level/official_max_d"
+            raise ValueError(f"{name}: {O.OP_NAMES[op]} reaches {float(v[e, j, sgn])!r} at level {int(ends[e])}, "
+                             f"outside its domain [{lo}, {hi}]")
 
 
 def _draw_slots(tab: _ChainTable, n: torch.Tensor, b: int, k: int, generator: Optional[torch.Generator],
@@ -362,6 +376,9 @@ def _build_chain_table(ops, magnitude_mode, strongest, image_size, max_level, of
         hi = torch.tensor([r[1] for r in O.OFFICIAL_RANGES], dtype=torch.float64, device=dev)
         base, span, div = lo, hi - lo, float(official_max_d)
         randomly_signed = {O.ROTATE, O.SHEAR_X, O.SHEAR_Y, O.TRANSLATE_X, O.TRANSLATE_Y}
+        # past level 2 d, Posterize's bits pass 8: the identity for Pillow as at 8, so held there
+        cap = torch.full((O.NUM_OPS,), math.inf, dtype=torch.float64, device=dev)
+        cap[O.POSTERIZE] = O.DOMAIN[O.POSTERIZE][1]
     else:
         table = dict(O.MONOTONE_STRONGEST)
         if strongest:
@@ -384,9 +401,10 @@ def _build_chain_table(ops, magnitude_mode, strongest, image_size, max_level, of
         base = torch.tensor([v if v is not None else 0.0 for v in O.IDENTITY], dtype=torch.float64, device=dev)
         span, div = torch.tensor(strong, dtype=torch.float64, device=dev) - base, float(max_level)
         randomly_signed = set(O.SIGNED_OPS)
+        cap = torch.full((O.NUM_OPS,), math.inf, dtype=torch.float64, device=dev)
     valueless = torch.tensor([not O.takes_value(i) for i in range(O.NUM_OPS)], device=dev)
     signed = torch.tensor([i in randomly_signed for i in range(O.NUM_OPS)], device=dev)
-    tab = _ChainTable(pool, base, span, div, valueless, signed, max_level)
+    tab = _ChainTable(pool, base, span, div, valueless, signed, max_level, cap)
     tab.check_domains(magnitude_mode, sized=image_size is not None)
     return tab
 

@@ -148,7 +148,8 @@ def augment_image(
     """
     c, h, w = image.shape
     img = to_pil(image)
-    dy, dx = int(crop[0]), int(crop[1])
+    side = max(h, w)  # past the side every offset is an all-padding crop (and PIL's int32 box overflows)
+    dy, dx = (min(max(int(t), -side), side) for t in crop)
     if dy or dx:
         img = img.crop((dx, dy, dx + w, dy + h))  # PIL fills outside the image with 0
     if flip:
@@ -158,7 +159,9 @@ def augment_image(
             continue
         img = apply_op(img, int(op), float(v))
     out = from_pil(img)
-    y1, y2, x1, x2 = (int(t) for t in cutout)
+    # the box clipped to the image (Python slicing would wrap a negative edge around)
+    y1, y2 = (min(max(int(t), 0), h) for t in cutout[:2])
+    x1, x2 = (min(max(int(t), 0), w) for t in cutout[2:])
     if not float_out:
         out = out.clone()
         if y1 < y2 and x1 < x2:

@@ -11,6 +11,7 @@ batched forward passes and moves each level up or down by one.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
@@ -80,8 +81,11 @@ def _probability(v: Any, name: str) -> float:
 def _state_int(state: dict[str, Any], key: str, minimum: Optional[int]) -> int:
     """``state[key]`` as an int (a Python int or a 0-dim integer tensor), at least ``minimum``."""
     v = state[key]
-    if isinstance(v, torch.Tensor) and v.dim() == 0 and not (v.dtype.is_floating_point or v.dtype.is_complex):
-        v = int(v)
+    if not isinstance(v, bool):
+        try:
+            v = operator.index(v)  # ints, NumPy integers, 0-dim integer tensors
+        except TypeError:
+            pass
     if not isinstance(v, int) or isinstance(v, bool) or (minimum is not None and v < minimum):
         bound = "" if minimum is None else f" >= {minimum}"
         raise ValueError(f"state['{key}']: expected an int{bound}, got {v!r}")
@@ -491,8 +495,8 @@ class CurriculumAugment:
         hist = torch.as_tensor(hist)
         if hist.dim() != 2 or hist.shape[1] != self.num_classes:
             raise ValueError(f"state['history']: expected shape [U, {self.num_classes}], got {list(hist.shape)}")
-        if hist.shape[0] not in (0, num_updates):
-            raise ValueError(f"state['history']: expected one row per update ({num_updates}), got {hist.shape[0]}")
+        if hist.shape[0] > num_updates:  # fewer rows: a state resumed without its history keeps the later ones
+            raise ValueError(f"state['history']: expected at most one row per update ({num_updates}), got {hist.shape[0]}")
         rows = [self._check_levels(r, f"state['history'][{i}]") for i, r in enumerate(hist)]
         self._levels = levels
         self._num_calls = num_calls

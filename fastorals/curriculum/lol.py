@@ -283,10 +283,12 @@ def evaluate_plan(
     """
     l1 = max_level + 1
     if len(plan):  # the count tables index by (class, level): an entry past them would land in another class
-        if int(plan.levels.max()) > max_level:
-            raise ValueError(f"max_level: the plan has levels up to {int(plan.levels.max())}, above max_level={max_level}")
-        if int(plan.classes.max()) >= num_classes:
-            raise ValueError(f"num_classes: the plan has class {int(plan.classes.max())}, expected < {num_classes}")
+        lo, hi = (int(v) for v in torch.aminmax(plan.levels))
+        if lo < 0 or hi > max_level:
+            raise ValueError(f"max_level: the plan has levels in [{lo}, {hi}], outside [0, max_level={max_level}]")
+        lo, hi = (int(v) for v in torch.aminmax(plan.classes))
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"num_classes: the plan has classes in [{lo}, {hi}], outside [0, {num_classes})")
     if positions is None:
         positions = torch.arange(len(plan))
     keys = plan.classes[positions] * l1 + plan.levels[positions]

@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from typing import Optional, Union
 
@@ -204,7 +205,13 @@ def balanced_softmax_loss(
 
 
 class LongTailLoss(nn.Module):
-    """Base: ``loss(logits [B, C], target [B], epoch=None)`` with ``set_epoch`` for DRW schedules."""
+    """Base: ``loss(logits [B, C], target [B], epoch=None)`` with ``set_epoch`` for DRW schedules.
+
+    ``follows_fit_epoch``: :func:`fastorals.training.fit` calls ``set_epoch`` with its own epoch
+    before every epoch (set it to False on an instance to keep an epoch you set yourself).
+    """
+
+    follows_fit_epoch = True
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
@@ -220,8 +227,11 @@ class LongTailLoss(nn.Module):
         """A call's ``epoch`` (None: the one set), checked."""
         if epoch is None:
             return self.epoch
-        if isinstance(epoch, torch.Tensor) and epoch.dim() == 0 and not epoch.dtype.is_floating_point:
-            epoch = int(epoch)
+        if not isinstance(epoch, bool):
+            try:
+                epoch = operator.index(epoch)  # ints, NumPy integers, 0-dim integer tensors
+            except TypeError:
+                pass
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch: expected an int >= 0, got {epoch!r}")
         return epoch

@@ -9,6 +9,7 @@ Example:
 
 from .cifar import (
     CifarFormatError,
+    CifarNotFoundError,
     RestrictedUnpickler,
     UnsafePickleError,
     load_cifar10,
@@ -24,6 +25,7 @@ from .synthetic import class_names, synthetic_images, synthetic_splits
 
 __all__ = [
     "CifarFormatError",
+    "CifarNotFoundError",
     "DatasetSplits",
     "ImageDataset",
     "RestrictedUnpickler",

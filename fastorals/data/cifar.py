@@ -26,6 +26,10 @@ class UnsafePickleError(pickle.UnpicklingError):
     """A pickle asked for a global outside the allow-list (it may try to run code)."""
 
 
+class CifarNotFoundError(FileNotFoundError):
+    """A CIFAR directory lacks a file it needs; the message names it."""
+
+
 class CifarFormatError(ValueError):
     """A file of a CIFAR directory is not a CIFAR batch (not a pickle, truncated, wrong contents);
     the message names the file."""
@@ -121,7 +125,7 @@ def _find_dir(root: PathLike, folder: str, probe: str) -> str:
     for cand in (os.path.join(root, folder), root):
         if os.path.isfile(os.path.join(cand, probe)):
             return cand
-    raise FileNotFoundError(
+    raise CifarNotFoundError(
         f"root: no CIFAR files found: expected {os.path.join(root, folder, probe)} "
         f"(the standard '{folder}' directory from the python version of the data set)"
     )
@@ -141,7 +145,7 @@ def load_cifar10(root: PathLike) -> DatasetSplits:
     d = _find_dir(os.path.expanduser(os.fspath(root)), "cifar-10-batches-py", "test_batch")
     batches = sorted(f for f in os.listdir(d) if f.startswith("data_batch_"))
     if not batches:
-        raise FileNotFoundError(f"root: no data_batch_* files in {d}")
+        raise CifarNotFoundError(f"root: no data_batch_* files in {d}")
     parts = [_batch_to_tensors(os.path.join(d, b), "labels") for b in batches]
     train = ImageDataset(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
     test = ImageDataset(*_batch_to_tensors(os.path.join(d, "test_batch"), "labels"))
@@ -156,7 +160,7 @@ def load_cifar100(root: PathLike, coarse: bool = False) -> DatasetSplits:
     """CIFAR-100 from ``root/cifar-100-python`` (or ``root`` itself); fine labels unless ``coarse``."""
     d = _find_dir(os.path.expanduser(os.fspath(root)), "cifar-100-python", "test")
     if not os.path.isfile(os.path.join(d, "train")):
-        raise FileNotFoundError(f"root: {os.path.join(d, 'train')} is missing (the CIFAR-100 training batch)")
+        raise CifarNotFoundError(f"root: {os.path.join(d, 'train')} is missing (the CIFAR-100 training batch)")
     key = "coarse_labels" if coarse else "fine_labels"
     train = ImageDataset(*_batch_to_tensors(os.path.join(d, "train"), key))
     test = ImageDataset(*_batch_to_tensors(os.path.join(d, "test"), key))

@@ -35,16 +35,18 @@ class Repro:
     name: str
     description: str
     fn: Callable[[str, str, int], dict[str, Any]]
+    data: tuple[str, ...] = ()  # local data sets it reads when given ("cifar10", "cifar100")
 
 
 _REGISTRY: dict[str, Repro] = {}
 
 
-def register(name: str, description: str = "") -> Callable:
-    """Decorator registering ``fn(mode, out_dir, seed) -> dict`` as reproduction ``name``."""
+def register(name: str, description: str = "", data: tuple[str, ...] = ()) -> Callable:
+    """Decorator registering ``fn(mode, out_dir, seed) -> dict`` as reproduction ``name``;
+    ``data``: the local data sets it reads when given (``"cifar10"``, ``"cifar100"``)."""
 
     def deco(fn: Callable[[str, str, int], dict[str, Any]]) -> Callable:
-        _REGISTRY[name] = Repro(name, description or (fn.__doc__ or "").strip().split("\n")[0], fn)
+        _REGISTRY[name] = Repro(name, description or (fn.__doc__ or "").strip().split("\n")[0], fn, tuple(data))
         return fn
 
     return deco

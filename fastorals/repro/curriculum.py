@@ -107,7 +107,7 @@ def _pil_vs_kernel(train: data.ImageDataset, cur: curriculum.CurriculumAugment, 
             "mean_strength": float(s.double().mean())}
 
 
-@register("curriculum", "CUDA: CE / BS with and without a curriculum of per-class augmentation (long-tailed)")
+@register("curriculum", "CUDA: CE / BS with and without a curriculum of per-class augmentation (long-tailed)", data=("cifar100",))
 def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
     cfg = dict(CONFIGS[mode])
     if os.environ.get("FASTORALS_CURRICULUM_EPOCHS"):  # a longer schedule at the same size

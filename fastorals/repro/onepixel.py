@@ -81,7 +81,7 @@ def _model(cfg: dict[str, Any], seed: int, width_factor: float = 1.0) -> torch.n
     return models.resnet20(num_classes=10, width=cfg["width"] * width_factor, mean=MEAN, std=STD)
 
 
-@register("onepixel", "One-Pixel Shortcut: clean test accuracy after training on clean / OPS / EM / OPS+EM data")
+@register("onepixel", "One-Pixel Shortcut: clean test accuracy after training on clean / OPS / EM / OPS+EM data", data=("cifar10",))
 def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
     cfg = CONFIGS[mode]
     splits, source = _load(cfg, seed)

@@ -108,7 +108,7 @@ def _plot(results: dict[str, Any], out_dir: str) -> None:
     savefig(fig, out_dir, "rebasin.png")
 
 
-@register("rebasin", "Git Re-Basin: loss barriers before/after weight, activation and STE matching (+ REPAIR)")
+@register("rebasin", "Git Re-Basin: loss barriers before/after weight, activation and STE matching (+ REPAIR)", data=("cifar10",))
 def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
     cfg = CONFIGS[mode]
     t0 = time.perf_counter()

@@ -224,8 +224,9 @@ def fit(
         optimizer: default ``make_optimizer(model, optimizer_name, lr, weight_decay)``.
         schedule: "cosine" | "onecycle" | "multistep" | "constant", stepped per batch;
             ``milestones`` in epochs for "multistep" (x0.1 each).
-        loss_fn: ``loss_fn(logits, y)``, default cross-entropy. A loss with ``set_epoch(epoch)``
-            (the long-tailed DRW losses of :mod:`fastorals.curriculum`) is told each epoch before it starts.
+        loss_fn: ``loss_fn(logits, y)``, default cross-entropy. A loss whose ``follows_fit_epoch``
+            is True (the long-tailed losses of :mod:`fastorals.curriculum`, whose DRW weights switch
+            at ``drw_epoch``) gets ``set_epoch(epoch)`` before each epoch.
         augment: per-batch ``fn(x, y) -> x`` on the raw batch (uint8 or float) before conversion.
         adversarial: PGD adversarial training settings (``AdversarialConfig``).
         test: evaluated every ``eval_every`` epochs and at the end.
@@ -281,10 +282,10 @@ def fit(
 
     label = progress if isinstance(progress, str) else "fit"
     bar = tqdm(total=(epochs - start) * steps_per_epoch, disable=not progress, desc=label, unit="batch", leave=False)
-    set_epoch = getattr(loss_fn, "set_epoch", None)
+    follow = getattr(loss_fn, "follows_fit_epoch", False) is True  # the long-tailed losses' DRW schedule
     for epoch in range(start, epochs):
-        if callable(set_epoch):
-            set_epoch(epoch)
+        if follow:
+            loss_fn.set_epoch(epoch)  # type: ignore[union-attr]
         if on_epoch_start is not None:
             on_epoch_start(epoch, model)
         train.set_epoch(epoch)

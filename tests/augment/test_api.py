@@ -125,14 +125,23 @@ def test_out_of_domain_configurations_raise_when_configured_not_when_drawn():
     """A configured value outside its op's domain (at any level, either sign) raises when the
     sampler is built, whatever a seed would draw, naming the setting; TranslateX/Y (a fraction of
     the side) once the image size is known."""
-    with assert_raises(ValueError, "strongest", "Posterize", "8.4", "level 1", "domain"):
+    with assert_raises(ValueError, "strongest", "Posterize", "12.0", "level 10", "domain"):
         augment.BatchAugment(ops=["Posterize"], strongest={"Posterize": 12.0})
     with assert_raises(ValueError, "strongest", "GaussianBlur", "domain"):
         augment.ChainSampler(strongest={"GaussianBlur": 1e20})
     with assert_raises(ValueError, "strongest", "ResizeCrop", "domain"):
         augment.sample_chains([0, 0], image_size=(8, 8), strongest={"ResizeCrop": 0.5})
-    with assert_raises(ValueError, "official_max_d", "domain"):
+    with assert_raises(ValueError, "max_level/official_max_d", "GaussianBlur", "domain"):
         augment.ChainSampler(magnitude_mode="official", official_max_d=1e-9)
+    # official mode past level 2 d: Posterize's bits pass 8, Pillow's identity as at 8, so held
+    # there (levels up to 2 d unchanged); a sampler of any size builds at once (two levels checked)
+    big = augment.ChainSampler(max_level=100, magnitude_mode="official", ops=["Posterize"])
+    ch = big(torch.tensor([0, 30, 60, 61, 100]), image_size=(8, 8), num_ops=1)
+    want = torch.tensor([0.0, 4.0, 8.0, 8.0, 8.0], dtype=torch.float64)
+    assert torch.equal(ch.magnitudes[:, 0], torch.minimum(torch.tensor([0, 30, 60, 61, 100]) / 30.0 * 4, want))
+    augment.ChainSampler(max_level=10**7)
+    with assert_raises(ValueError, "max_level/official_max_d", "level 10000000"):
+        augment.ChainSampler(max_level=10**7, magnitude_mode="official")
     for bad in (0, -1, float("nan"), float("inf"), True, "30"):
         with assert_raises(ValueError, "official_max_d"):
             augment.BatchAugment(magnitude_mode="official", official_max_d=bad)
@@ -481,7 +490,7 @@ def test_missing_image_size_fails_whatever_is_drawn():
             augment.sample_chains([2, 2], generator=torch.Generator().manual_seed(seed))
     augment.sample_chains([2, 2], ops=["Rotate", "Invert"])  # no translation in the pool: not needed
     augment.sample_chains([2, 2], magnitude_mode="official")  # absolute pixels: not needed
-    for bad in (8, (0, 8), (2.5, 3), (4,), "ab"):
+    for bad in (8, (0, 8), (2.5, 3), (4,), "ab", "11", (True, 3)):
         with assert_raises(ValueError, "image_size"):
             augment.sample_chains([2, 2], image_size=bad)
 
@@ -540,3 +549,23 @@ def test_batch_augment_checks_its_settings_when_built():
     ):
         with assert_raises(exc, *words):
             augment.BatchAugment(**kwargs)
+
+
+def test_reference_clips_boxes_and_offsets_as_the_kernels_do():
+    # the PIL reference takes any offsets and box edges: a negative Cutout edge is the image's
+    # edge (not a Python slice wrapping around), offsets past int32 are all padding
+    from fastorals._ext import HAS_EXT
+
+    if not HAS_EXT:
+        pytest.skip("compares with the C++ kernel")
+    from fastorals.augment.ops import augment_apply_cpp
+
+    x = make_images(3, 3, 4, 5, seed=9)
+    o, v = torch.empty(3, 0, dtype=torch.int32), torch.empty(3, 0, dtype=torch.float64)
+    crop = torch.tensor([[2**31 - 1, 0], [-3, 2], [0, -(2**31)]], dtype=torch.int32)
+    cut = torch.tensor([[-1, 4, 0, 4], [2, 9, -5, 2], [-10, -2, 1, 3]], dtype=torch.int32)
+    fl = torch.tensor([0, 1, 0], dtype=torch.uint8)
+    args = (x, o, v, crop, fl, cut, torch.zeros(3), torch.ones(3), False)
+    ref = augment_apply_reference(*args)
+    assert torch.equal(ref, augment_apply_cpp(*args))
+    assert (ref[1, :, 2:, :2] == 0).all() and (ref[0] == 0).all()

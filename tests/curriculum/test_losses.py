@@ -245,3 +245,15 @@ def test_docstring_examples_run():
 
     res = doctest.testmod(losses, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert res.attempted >= 10 and res.failed == 0
+
+
+def test_epoch_accepts_integer_like_values():
+    np = pytest.importorskip("numpy")
+    z, y = _data(4, 8, torch.float32)
+    loss = cu.make_loss("ce_drw", COUNTS, drw_epoch=3)
+    want = loss(z, y, epoch=3)
+    for e in (np.int64(3), torch.tensor(3)):
+        assert torch.equal(loss(z, y, epoch=e), want)
+    for bad in (3.0, "3", True):
+        with assert_raises(ValueError, "epoch"):
+            loss(z, y, epoch=bad)

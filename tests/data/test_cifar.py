@@ -151,3 +151,12 @@ def test_repro_cli_reports_unreadable_data_without_a_traceback(tmp_path, capsys)
     assert os.environ.get("FASTORALS_CIFAR100_ROOT") == before  # the option applies to that run only
     err = capsys.readouterr().err
     assert "train" in err and "not a readable CIFAR pickle" in err and "Traceback" not in err
+
+
+def test_repro_cli_refuses_a_data_option_the_reproduction_does_not_read(tmp_path, capsys):
+    from fastorals import cli
+
+    assert cli.main(["repro", "curriculum", "--smoke", "--out", str(tmp_path), "--cifar10", str(tmp_path)]) == 2
+    assert "--cifar10" in capsys.readouterr().err
+    assert cli.main(["repro", "onepixel", "--smoke", "--out", str(tmp_path), "--cifar100", str(tmp_path)]) == 2
+    assert "--cifar100" in capsys.readouterr().err

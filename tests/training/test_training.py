@@ -144,3 +144,26 @@ def test_fit_tells_an_epoch_scheduled_loss_each_epoch(capsys):
     assert sorted(set(seen)) == [(0, False), (1, True), (2, True)]
     training.fit(_model(), data.TensorLoader(x, y, 48, seed=0), epochs=1, lr=0.05, progress="CE+CUDA")
     assert "CE+CUDA" in capsys.readouterr().err
+
+
+def test_fit_leaves_other_epochs_alone():
+    # only losses that follow fit's epoch (follows_fit_epoch) are told it: a DRW loss whose epoch
+    # the user fixed keeps it, and an unrelated set_epoch is never called
+    from fastorals import curriculum
+
+    x, y = _toy()
+    counts = torch.bincount(y, minlength=2)
+    loss = curriculum.make_loss("ce_drw", counts, drw_epoch=1)
+    loss.set_epoch(170)
+    loss.follows_fit_epoch = False
+    training.fit(_model(), data.TensorLoader(x, y, 48, seed=0), epochs=2, lr=0.05, loss_fn=loss, progress=False)
+    assert loss.epoch == 170
+
+    class Other:
+        def set_epoch(self, epoch, total):  # another meaning, another signature
+            raise AssertionError("called")
+
+        def __call__(self, z, t):
+            return F.cross_entropy(z, t)
+
+    training.fit(_model(), data.TensorLoader(x, y, 48, seed=0), epochs=1, lr=0.05, loss_fn=Other(), progress=False)
