@@ -98,7 +98,9 @@ class Chains:
         ``magnitudes`` and ``signs`` (+1/-1), when given, have a row per chain with a value per op.
 
         Example:
-            >>> Chains.from_lists([["Rotate", "Invert"], []], [[15.0, 0.0], []])
+            >>> ch = Chains.from_lists([["Rotate", "Invert"], []], [[15.0, 0.0], []])
+            >>> ch.ops.tolist(), ch.magnitudes.tolist()
+            ([[10, 7], [-1, -1]], [[15.0, 0.0], [0.0, 0.0]])
         """
         b = len(ops)
         for name, rows in (("magnitudes", magnitudes), ("signs", signs)):
@@ -414,7 +416,10 @@ class ChainSampler:
 
     Example:
         >>> sampler = ChainSampler(max_level=10, magnitude_mode="official")
+        >>> g = torch.Generator().manual_seed(0)
         >>> chains = sampler(torch.tensor([2, 5]), image_size=(32, 32), generator=g)
+        >>> chains.num_ops().tolist()
+        [2, 5]
     """
 
     def __init__(
@@ -813,11 +818,14 @@ def batch_augment(
         uint8 or float32 [B, C, H, W].
 
     Example:
+        >>> images = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8)
         >>> g = torch.Generator().manual_seed(0)
         >>> chains = sample_chains(torch.full((128,), 3), image_size=(32, 32), generator=g)
         >>> x = batch_augment(images, chains.ops, chains.magnitudes, chains.signs, g,
         ...                   crop_padding=4, flip_prob=0.5, cutout=16,
         ...                   mean=CIFAR10_MEAN, std=CIFAR10_STD)
+        >>> x.dtype, x.shape
+        (torch.float32, torch.Size([128, 3, 32, 32]))
     """
     _check_images(images)
     b, _, h, w = images.shape
@@ -836,9 +844,12 @@ class BatchAugment(nn.Module):
         out_dtype: torch.uint8 or torch.float32 (default: float32 when mean/std are given).
 
     Example:
+        >>> images = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8)
         >>> aug = BatchAugment.cifar(cutout=16)            # crop 4, flip 0.5, CIFAR mean/std
         >>> g = torch.Generator().manual_seed(0)
-        >>> x = aug(images, strengths=torch.randint(0, 11, (128,)), generator=g)  # float32
+        >>> x = aug(images, strengths=torch.randint(0, 11, (128,)), generator=g)
+        >>> x.dtype, x.shape
+        (torch.float32, torch.Size([128, 3, 32, 32]))
     """
 
     def __init__(

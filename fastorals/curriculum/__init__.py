@@ -14,9 +14,10 @@ Example:
     >>> pool = curriculum.ClassPool(lt.images, lt.labels, 10)
     >>> loss = curriculum.make_loss("bs", lt.class_counts())           # Balanced Softmax
     >>> model = models.resnet32(num_classes=10)
-    >>> training.fit(model, data.TensorLoader(lt, batch_size=128), 200, loss_fn=loss,
+    >>> training.fit(model, data.TensorLoader(lt, batch_size=128), 200, loss_fn=loss,  # doctest: +SKIP
     ...              augment=cur, on_epoch_start=cur.hook(pool), extra_state={"curriculum": cur})
-    >>> cur.levels, cur.history.shape                                  # [10], [200, 10]
+    >>> cur.levels.shape                                               # history: [200, 10] after fit
+    torch.Size([10])
 """
 
 from .api import CurriculumAugment

@@ -134,12 +134,18 @@ class CurriculumAugment:
     levels: :meth:`state_dict` + :meth:`load_state_dict` resume exactly, on any number of ranks.
 
     Example:
-        >>> cur = CurriculumAugment(num_classes=100)
-        >>> pool = ClassPool(train_images, train_labels, 100)
-        >>> fit(model, loader, 200, augment=cur, on_epoch_start=cur.hook(pool),
-        ...     extra_state={"curriculum": cur})
-        >>> x = cur(images_uint8, labels)         # float32 [B, 3, 32, 32] in [0, 1]
-        >>> cur.levels                            # int64 [100]
+        >>> from fastorals import data, models
+        >>> from fastorals.training import fit
+        >>> train = data.synthetic_images(600, num_classes=3, size=16, seed=0)
+        >>> cur = CurriculumAugment(num_classes=3)
+        >>> pool = ClassPool(train.images, train.labels, 3)
+        >>> model = models.MLP(3 * 16 * 16, 3, hidden=(32,))
+        >>> _ = fit(model, data.TensorLoader(train, batch_size=100), 2, augment=cur,
+        ...         on_epoch_start=cur.hook(pool), extra_state={"curriculum": cur}, progress=False)
+        >>> cur(train.images[:8], train.labels[:8]).shape       # float32 [B, 3, H, W] in [0, 1]
+        torch.Size([8, 3, 16, 16])
+        >>> cur.levels.shape, cur.history.shape                # after the updates at epochs 0 and 1
+        (torch.Size([3]), torch.Size([2, 3]))
     """
 
     def __init__(
@@ -444,7 +450,7 @@ class CurriculumAugment:
         :meth:`update` every ``every`` epochs (epochs 0, every, 2 every, ...).
 
         Example:
-            >>> fit(model, loader, 200, augment=cur, on_epoch_start=cur.hook(pool),
+            >>> fit(model, loader, 200, augment=cur, on_epoch_start=cur.hook(pool),  # doctest: +SKIP
             ...     extra_state={"curriculum": cur})
         """
         every = _positive_int(every, "every")

@@ -115,9 +115,10 @@ class ClassPool:
         starts: int64 [num_classes] where each class begins in ``order``.
 
     Example:
-        >>> pool = ClassPool(train_images, train_labels, num_classes=100)
-        >>> pool.counts[:3]
-        tensor([500, 477, 455])
+        >>> images = torch.zeros(6, 3, 8, 8, dtype=torch.uint8)
+        >>> pool = ClassPool(images, torch.tensor([2, 0, 2, 1, 2, 0]), num_classes=4)
+        >>> pool.counts, pool.order
+        (tensor([2, 1, 3, 0]), tensor([1, 5, 3, 0, 2, 4]))
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: Optional[int] = None) -> None:

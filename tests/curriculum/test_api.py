@@ -311,3 +311,13 @@ def test_states_without_full_history_resume_and_round_trip():
     c3 = cu.CurriculumAugment(4)
     c3.load_state_dict(again)
     assert torch.equal(c3.history, c2.history) and c3.num_updates == 3
+
+
+@pytest.mark.parametrize("module", ["fastorals.augment", "fastorals.augment.api", "fastorals.curriculum",
+                                    "fastorals.curriculum.api", "fastorals.curriculum.lol"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    res = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert res.attempted > 0 and res.failed == 0
