@@ -86,10 +86,14 @@ def _fn(calls):
     return fn
 
 
+def _setup(capacity: int = 4):
+    """A cache, the list of the function's calls, and the function (``a * 2 + b``)."""
+    calls: list = []
+    return GraphCache(capacity=capacity), calls, _fn(calls)
+
+
 def test_capture_then_replay_on_new_values(fake_cuda):
-    cache = GraphCache(capacity=2)
-    calls = []
-    fn = _fn(calls)
+    cache, calls, fn = _setup(2)
     a, b = torch.arange(4.0), torch.ones(4)
     first = cache(fn, (a, b))
     assert torch.equal(first, a * 2 + b) and len(cache) == 1 and len(calls) == 2  # warm-up + capture
@@ -106,9 +110,7 @@ def test_capture_then_replay_on_new_values(fake_cuda):
 
 
 def test_strided_and_empty_inputs(fake_cuda):
-    cache = GraphCache()
-    calls = []
-    fn = _fn(calls)
+    cache, calls, fn = _setup()
     cache(fn, (torch.zeros(2, 3), torch.zeros(2, 3)))
     x = torch.randn(3, 2).t()  # strided view: copied into the contiguous static buffer
     assert torch.equal(cache(fn, (x, torch.ones(2, 3))), x * 2 + 1)
@@ -117,9 +119,7 @@ def test_strided_and_empty_inputs(fake_cuda):
 
 
 def test_signatures_evict_least_recently_used(fake_cuda):
-    cache = GraphCache(capacity=2)
-    calls = []
-    fn = _fn(calls)
+    cache, calls, fn = _setup(2)
     for n in (3, 4, 3, 5):  # 4 is least recently used when 5 arrives
         cache(fn, (torch.ones(n), torch.ones(n)))
     assert len(cache) == 2 and len(calls) == 6
@@ -135,9 +135,7 @@ def test_signatures_evict_least_recently_used(fake_cuda):
 
 
 def test_failed_capture_runs_eagerly_from_then_on(fake_cuda):
-    cache = GraphCache()
-    calls = []
-    fn = _fn(calls)
+    cache, calls, fn = _setup()
     _FakeGraph.fail_next = True
     a = torch.ones(3)
     assert torch.equal(cache(fn, (a, a)), a * 3)
@@ -148,9 +146,7 @@ def test_failed_capture_runs_eagerly_from_then_on(fake_cuda):
 
 
 def test_disabled_cache_calls_the_function(fake_cuda):
-    cache = GraphCache()
-    calls = []
-    fn = _fn(calls)
+    cache, calls, fn = _setup()
     with cache.disabled():
         for _ in range(3):
             cache(fn, (torch.ones(2), torch.ones(2)))
@@ -206,9 +202,7 @@ class _CountingSpanCopies:
 
 def test_views_of_one_buffer_are_copied_as_one_span(fake_cuda):
     count = _CountingSpanCopies(fake_cuda)
-    cache = GraphCache()
-    calls = []
-    fn = _fn(calls)
+    cache, calls, fn = _setup()
     a, b = _packed([1, 2, 3], [0.5, 0.25, 4.0])
     assert torch.equal(cache(fn, (a, b)), a * 2 + b)
     entry = next(iter(cache._entries.values()))
@@ -225,9 +219,7 @@ def test_views_of_one_buffer_are_copied_as_one_span(fake_cuda):
 
 
 def test_a_changed_layout_is_another_signature(fake_cuda):
-    cache = GraphCache()
-    calls = []
-    fn = _fn(calls)
+    cache, calls, fn = _setup()
     a, b = _packed([1, 2], [3.0, 4.0])
     cache(fn, (a, b))
     # same shapes and dtypes: separate tensors, then views at other offsets of one buffer
@@ -241,9 +233,7 @@ def test_a_changed_layout_is_another_signature(fake_cuda):
 
 
 def test_same_tensor_twice_and_strided_views_of_one_buffer(fake_cuda):
-    cache = GraphCache()
-    calls = []
-    fn = _fn(calls)
+    cache, calls, fn = _setup()
     base = torch.arange(12.0).view(3, 4)
     col, row = base[:2, :3], base.t()[1:3, :3]  # overlapping views [2, 3], one transposed
     assert torch.equal(cache(fn, (col, row)), col * 2 + row)
@@ -259,9 +249,7 @@ def test_same_tensor_twice_and_strided_views_of_one_buffer(fake_cuda):
 
 
 def test_replay_only_serves_captured_signatures(fake_cuda):
-    cache = GraphCache()
-    calls = []
-    fn = _fn(calls)
+    cache, calls, fn = _setup()
     a, b = torch.ones(3), torch.ones(3)
     assert cache.replay((a, b)) is None  # nothing captured
     cache(fn, (a, b))
@@ -274,9 +262,7 @@ def test_replay_only_serves_captured_signatures(fake_cuda):
 
 
 def test_views_scattered_over_a_large_storage_are_copied_one_by_one(fake_cuda):
-    cache = GraphCache()
-    calls = []
-    fn = _fn(calls)
+    cache, calls, fn = _setup()
     big = torch.randn(4, 1000)
     a, b = big[:, :2], big[:, 998:]  # 64 bytes viewed out of 16,000
     assert torch.equal(cache(fn, (a, b)), a * 2 + b)
@@ -290,9 +276,7 @@ def test_views_scattered_over_a_large_storage_are_copied_one_by_one(fake_cuda):
 def test_each_call_copies_its_own_span(fake_cuda):
     # the same layout further into another buffer: the signature matches, the bytes come from
     # where this call's views are
-    cache = GraphCache()
-    calls = []
-    fn = _fn(calls)
+    cache, calls, fn = _setup()
     a, b = _packed([1, 2], [3.0, 4.0])
     cache(fn, (a, b))
     buf = torch.zeros(256, dtype=torch.uint8)
@@ -307,9 +291,7 @@ def test_each_call_copies_its_own_span(fake_cuda):
 
 
 def test_lazy_conj_and_neg_views_are_not_copied_as_raw_bytes(fake_cuda):
-    cache = GraphCache()
-    calls = []
-    fn = _fn(calls)
+    cache, calls, fn = _setup()
     x = torch.tensor([1 + 2j, 3 - 1j])
     assert torch.equal(cache(fn, (x, x.conj())), x * 2 + x.conj())
     y = torch.tensor([2 - 1j, -1 + 4j])
@@ -320,9 +302,7 @@ def test_lazy_conj_and_neg_views_are_not_copied_as_raw_bytes(fake_cuda):
 
 def test_storages_that_start_at_one_address_are_not_one_group(fake_cuda):
     np = pytest.importorskip("numpy")
-    cache = GraphCache()
-    calls = []
-    fn = _fn(calls)
+    cache, calls, fn = _setup()
     arr = np.arange(8, dtype=np.float32)
     a, b = torch.from_numpy(arr[:2]), torch.from_numpy(arr[:4])[2:]  # two storages over one allocation
     assert torch.equal(cache(fn, (a, b)), a * 2 + b)
