@@ -743,7 +743,7 @@ def apply_chains(
             raise ValueError(f"flip: expected shape [B={b}], got {list(f.shape)}")
         flip_t = (f != 0).to(device=dev, dtype=torch.uint8)
     mean_t, std_t, float_out = _output_spec(mean, std, out_dtype, c, dev)
-    return _launch(images.contiguous(), o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out)
+    return _launch(images.contiguous(), o, v, crop_t, flip_t, cut_t, mean_t, std_t, float_out, direct=True)
 
 
 def _output_spec(mean, std, out_dtype: Optional[torch.dtype], c: int,
