@@ -569,3 +569,30 @@ def test_reference_clips_boxes_and_offsets_as_the_kernels_do():
     ref = augment_apply_reference(*args)
     assert torch.equal(ref, augment_apply_cpp(*args))
     assert (ref[1, :, 2:, :2] == 0).all() and (ref[0] == 0).all()
+
+
+def test_direct_and_registered_op_paths_give_the_same_bytes():
+    # eager calls skip the registered op's dispatch; a dispatch mode (or a compile trace) takes
+    # the op: both give the same bytes
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    if not _ext.HAS_EXT:
+        pytest.skip("the registered C++ op needs the extension")
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x = make_images(6, 3, 9, 11, seed=4)
+    ch = augment.sample_chains(torch.arange(6) % 11, image_size=(9, 11), generator=torch.Generator().manual_seed(2))
+    kw = dict(crop=torch.randint(-3, 4, (6, 2)), flip=torch.tensor([1, 0, 1, 0, 0, 1]), mean=0.5, std=0.25)
+    direct = augment.apply_chains(x, ch.ops, ch.magnitudes, ch.signs, **kw)
+    with Seen() as seen:
+        via_op = augment.apply_chains(x, ch.ops, ch.magnitudes, ch.signs, **kw)
+    assert any("augment_apply" in op for op in seen.ops), seen.ops
+    assert torch.equal(direct, via_op)
