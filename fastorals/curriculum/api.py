@@ -11,7 +11,6 @@ batched forward passes and moves each level up or down by one.
 
 from __future__ import annotations
 
-import operator
 import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
@@ -32,6 +31,7 @@ from .lol import (
     evaluate_plan,
     lol_decision,
 )
+from .losses import _as_int
 
 __all__ = ["CurriculumAugment"]
 
@@ -79,16 +79,12 @@ def _probability(v: Any, name: str) -> float:
 
 
 def _state_int(state: dict[str, Any], key: str, minimum: Optional[int]) -> int:
-    """``state[key]`` as an int (a Python int or a 0-dim integer tensor), at least ``minimum``."""
-    v = state[key]
-    if not isinstance(v, bool):
-        try:
-            v = operator.index(v)  # ints, NumPy integers, 0-dim integer tensors
-        except TypeError:
-            pass
-    if not isinstance(v, int) or isinstance(v, bool) or (minimum is not None and v < minimum):
-        bound = "" if minimum is None else f" >= {minimum}"
-        raise ValueError(f"state['{key}']: expected an int{bound}, got {v!r}")
+    """``state[key]`` as an int (integer-like values too, see ``_as_int``), at least ``minimum``."""
+    v = _as_int(state[key])
+    if minimum is not None:
+        return _positive_int(v, f"state['{key}']", minimum)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ValueError(f"state['{key}']: expected an int, got {v!r}")
     return v
 
 

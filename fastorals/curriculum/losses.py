@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -145,6 +145,17 @@ def _check_logits(logits: torch.Tensor, target: torch.Tensor, num_classes: Optio
             raise ValueError(f"target: expected class ids in [0, {logits.shape[1]}), got min {lo}, max {hi}")
 
 
+def _as_int(v: Any) -> Any:
+    """``v`` as a Python int when it is integer-like (an int, a NumPy integer, a 0-dim integer
+    tensor; not a bool), else ``v`` unchanged for the caller's check to refuse."""
+    if isinstance(v, bool):
+        return v
+    try:
+        return operator.index(v)
+    except TypeError:
+        return v
+
+
 def _check_reduction(reduction: str) -> None:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
@@ -227,11 +238,7 @@ class LongTailLoss(nn.Module):
         """A call's ``epoch`` (None: the one set), checked."""
         if epoch is None:
             return self.epoch
-        if not isinstance(epoch, bool):
-            try:
-                epoch = operator.index(epoch)  # ints, NumPy integers, 0-dim integer tensors
-            except TypeError:
-                pass
+        epoch = _as_int(epoch)
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch: expected an int >= 0, got {epoch!r}")
         return epoch
