@@ -15,9 +15,11 @@ from typing import Union
 
 import torch
 
-__all__ = ["to_device_packed"]
+# every part starts on this boundary: each typed view is aligned, and a graph replay groups the
+# parts (its span check allows this much padding per part)
+from ._graphs import _ALIGN
 
-_ALIGN = 16  # every part starts on this boundary, so each typed view is aligned for its dtype
+__all__ = ["to_device_packed"]
 
 
 def to_device_packed(parts: Sequence[tuple[torch.Tensor, torch.dtype]],

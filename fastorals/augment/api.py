@@ -373,13 +373,13 @@ def _chain_table(ops, magnitude_mode, strongest, image_size, max_level, official
 
 def _build_chain_table(ops, magnitude_mode, strongest, image_size, max_level, official_max_d, dev) -> _ChainTable:
     pool = torch.tensor(O.op_ids(ops), dtype=torch.int64, device=dev)
+    cap = torch.full((O.NUM_OPS,), math.inf, dtype=torch.float64, device=dev)
     if magnitude_mode == "official":
         lo = torch.tensor([r[0] for r in O.OFFICIAL_RANGES], dtype=torch.float64, device=dev)
         hi = torch.tensor([r[1] for r in O.OFFICIAL_RANGES], dtype=torch.float64, device=dev)
         base, span, div = lo, hi - lo, float(official_max_d)
         randomly_signed = {O.ROTATE, O.SHEAR_X, O.SHEAR_Y, O.TRANSLATE_X, O.TRANSLATE_Y}
         # past level 2 d, Posterize's bits pass 8: the identity for Pillow as at 8, so held there
-        cap = torch.full((O.NUM_OPS,), math.inf, dtype=torch.float64, device=dev)
         cap[O.POSTERIZE] = O.DOMAIN[O.POSTERIZE][1]
     else:
         table = dict(O.MONOTONE_STRONGEST)
@@ -403,7 +403,6 @@ def _build_chain_table(ops, magnitude_mode, strongest, image_size, max_level, of
         base = torch.tensor([v if v is not None else 0.0 for v in O.IDENTITY], dtype=torch.float64, device=dev)
         span, div = torch.tensor(strong, dtype=torch.float64, device=dev) - base, float(max_level)
         randomly_signed = set(O.SIGNED_OPS)
-        cap = torch.full((O.NUM_OPS,), math.inf, dtype=torch.float64, device=dev)
     valueless = torch.tensor([not O.takes_value(i) for i in range(O.NUM_OPS)], device=dev)
     signed = torch.tensor([i in randomly_signed for i in range(O.NUM_OPS)], device=dev)
     tab = _ChainTable(pool, base, span, div, valueless, signed, max_level, cap)
@@ -661,7 +660,9 @@ def _canonical_chain(
             raise ValueError("magnitudes: expected finite values (got NaN or inf)")
         if s is not None and not bool(((s == 1) | (s == -1)).all()):
             raise ValueError("signs: expected +1 or -1 entries")
-    o = torch.where(bad_id, O.NONE, o).to(torch.int32)
+    elif o.numel():
+        o = torch.where(bad_id, O.NONE, o)  # unchecked: unknown ids act as none
+    o = o.to(torch.int32)
     v = O.signed_values(o, m, s)
     t = O.tables(dev)
     idx = o.long().clamp(min=0)
