@@ -132,6 +132,7 @@ class GraphCache:
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._failed: dict[Hashable, str] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()  # per-thread depth of disabled() blocks
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -143,13 +144,18 @@ class GraphCache:
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
-        """Calls inside launch their work directly (no graph); the previous setting comes back after."""
-        before = self.enabled
-        self.enabled = False
+        """Calls made inside, by this thread, launch their work directly (no graph); other
+        threads keep using graphs. Blocks nest."""
+        self._local.depth = getattr(self._local, "depth", 0) + 1
         try:
             yield
         finally:
-            self.enabled = before
+            self._local.depth -= 1
+
+    @property
+    def active(self) -> bool:
+        """Whether this thread's calls may use graphs: :attr:`enabled`, and not inside :meth:`disabled`."""
+        return self.enabled and not getattr(self._local, "depth", 0)
 
     def clear(self) -> None:
         """Drop every graph (and its memory, once its last use has finished)."""
@@ -164,7 +170,7 @@ class GraphCache:
 
     def usable(self, tensors: Sequence[torch.Tensor]) -> bool:
         """Whether a call on these inputs would use a graph."""
-        if not self.enabled or not tensors or not tensors[0].is_cuda:
+        if not self.active or not tensors or not tensors[0].is_cuda:
             return False
         dev = tensors[0].device
         if any(t.device != dev for t in tensors):

@@ -67,7 +67,7 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _FakeStream())
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
-    monkeypatch.setattr(GraphCache, "usable", lambda self, tensors: self.enabled)
+    monkeypatch.setattr(GraphCache, "usable", lambda self, tensors: self.active)
     _FakeEvent.log.clear()
     _FakeGraph.capturing = None
     _FakeGraph.fail_next = False
@@ -158,6 +158,32 @@ def test_disabled_cache_calls_the_function(fake_cuda):
     for _ in range(2):
         cache(fn, (torch.ones(2), torch.ones(2)))
     assert len(calls) == 5 and len(cache) == 0
+
+
+def test_disabled_is_per_thread_and_nests(fake_cuda):
+    import threading
+
+    cache, calls, fn = _setup()
+    seen = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def other():
+        inside.wait()
+        seen["active"] = cache.active
+        cache(fn, (torch.ones(2), torch.ones(2)))  # captures: this thread is not inside disabled()
+        release.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with cache.disabled():
+        with cache.disabled():
+            pass
+        assert not cache.active  # the inner block ending does not re-enable the outer one
+        inside.set()
+        release.wait(10)
+        assert not cache.active
+    t.join()
+    assert seen["active"] is True and len(cache) == 1 and cache.active
 
 
 def test_cpu_calls_pass_through_and_capacity_is_checked():
