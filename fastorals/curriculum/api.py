@@ -430,11 +430,14 @@ class CurriculumAugment:
         import torch.distributed as dist
 
         c, l1 = correct.shape
-        buf = torch.cat([correct.flatten(), trials.flatten(), levels]).to(device)
+        # the sums of the levels and of their squares equal world * levels and world * levels**2
+        # on a rank only when every rank holds its levels (equality in Cauchy-Schwarz); the sum
+        # alone would pass on a rank whose levels are the mean of different ones (3+ ranks)
+        buf = torch.cat([correct.flatten(), trials.flatten(), levels, levels * levels]).to(device)
         dist.all_reduce(buf, group=self.process_group)
         buf = buf.cpu()
         world = dist.get_world_size(self.process_group)
-        if not torch.equal(buf[2 * c * l1:], levels * world):
+        if not torch.equal(buf[2 * c * l1:], torch.cat([levels, levels * levels]) * world):
             raise RuntimeError(
                 "CurriculumAugment.update: levels differ across ranks; load the same state on every rank "
                 "(state_dict/load_state_dict) before training"

@@ -88,3 +88,24 @@ def test_levels_identical_on_every_rank_and_equal_to_one_process(tmp_path):
     assert torch.equal(r0["fit_history"], r1["fit_history"]) and r0["fit_history"].shape == (3, 4)
     assert "levels differ across ranks" in r0["caught"] and "levels differ across ranks" in r1["caught"]
     assert (tmp_path / "ck.pt").exists()
+
+
+def _diverged_worker(rank: int, world: int, out_dir: str) -> None:
+    from fastorals import curriculum as cu
+
+    pool, model = _setup()
+    cur = cu.CurriculumAugment(4, num_test=2)
+    cur.set_levels([[1, 0, 0, 0], [0, 0, 0, 0], [2, 0, 0, 0]][rank])  # rank 0 holds the mean of the others
+    try:
+        cur.update(model, pool)
+        caught = ""
+    except RuntimeError as exc:
+        caught = str(exc)
+    torch.save({"caught": caught}, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def test_diverged_levels_are_caught_on_every_rank_of_three(tmp_path):
+    run_gloo_ranks(_diverged_worker, str(tmp_path), world=3)
+    for r in range(3):
+        caught = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["caught"]
+        assert "levels differ across ranks" in caught, (r, caught)
