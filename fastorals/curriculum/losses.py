@@ -14,7 +14,9 @@ With ``z`` the logits [B, C], ``y`` the targets [B] and ``n_c`` the training ima
 * **Balanced Softmax** (Ren et al. 2020): CE of ``z + log prior`` (prior = n_c / N); at test
   time the plain logits are used.
 
-All losses are thin compositions of ``F.cross_entropy`` (one fused kernel on every device);
+All losses are thin compositions of ``F.cross_entropy`` (one fused kernel on every device).
+Half-precision logits (float16, bfloat16, as autocast hands them over) are computed in float32,
+margins, scale and prior included, and the loss is float32, as under autocast;
 :mod:`fastorals.curriculum.reference` holds the written-out definitions they are tested against.
 The modules have ``set_epoch(epoch)`` (DRW) and accept ``loss(logits, target, epoch=None)``.
 
@@ -29,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 from collections.abc import Sequence
@@ -156,6 +159,12 @@ def _as_int(v: Any) -> Any:
         return v
 
 
+def _compute_dtype(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` in at least float32: half-precision margins, ``scale *`` and priors lose up to
+    0.3 per sample in bfloat16, and their sums overflow float16."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def _check_reduction(reduction: str) -> None:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
@@ -187,8 +196,13 @@ def ldam_loss(
     if margins.shape != (logits.shape[1],):
         raise ValueError(f"margins: expected shape [C={logits.shape[1]}], got {list(margins.shape)}")
     t = target.long()
+    logits = _compute_dtype(logits)
     m = margins.to(device=logits.device, dtype=logits.dtype).index_select(0, t)
     z = logits.scatter_add(1, t.unsqueeze(1), -m.unsqueeze(1))
+    if weight is not None:
+        weight = weight if isinstance(weight, torch.Tensor) else torch.as_tensor(weight, dtype=torch.float64)
+        if weight.shape != (logits.shape[1],):
+            raise ValueError(f"weight: expected shape [C={logits.shape[1]}], got {list(weight.shape)}")
     w = None if weight is None else weight.to(device=logits.device, dtype=logits.dtype)
     return F.cross_entropy(z * scale, t, weight=w, reduction=reduction)
 
@@ -208,6 +222,7 @@ def balanced_softmax_loss(
     log_prior = log_prior if isinstance(log_prior, torch.Tensor) else torch.as_tensor(log_prior, dtype=torch.float64)
     if log_prior.shape != (logits.shape[1],):
         raise ValueError(f"log_prior: expected shape [C={logits.shape[1]}], got {list(log_prior.shape)}")
+    logits = _compute_dtype(logits)
     lp = log_prior.to(device=logits.device, dtype=logits.dtype)
     return F.cross_entropy(logits + lp, target.long(), reduction=reduction)
 
@@ -266,17 +281,26 @@ class _DRWMixin:
 class CELoss(LongTailLoss):
     """Plain cross-entropy (the CE baseline), with the common ``(logits, target, epoch)`` call.
 
+    Args:
+        class_counts: optional [C] training images per class; only their number is used, to
+            check the logits' width (CE itself ignores the counts).
+        reduction: "mean", "sum" or "none".
+
     Example:
         >>> CELoss()(torch.zeros(2, 3), torch.tensor([0, 2]))
         tensor(1.0986)
     """
 
+    def __init__(self, class_counts: Optional[CountsLike] = None, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.num_classes = None if class_counts is None else _counts(class_counts).numel()
+
     def forward(self, logits: torch.Tensor, target: torch.Tensor, epoch: Optional[int] = None) -> torch.Tensor:
         """The loss of ``logits`` (float [B, C]) for ``target`` (int [B]) at ``epoch`` (None: the one set
         with :meth:`set_epoch`); a scalar, or [B] with ``reduction="none"``."""
-        _check_logits(logits, target)
+        _check_logits(logits, target, self.num_classes)
         self._epoch(epoch)  # no schedule; checked like the others'
-        return F.cross_entropy(logits, target.long(), reduction=self.reduction)
+        return F.cross_entropy(_compute_dtype(logits), target.long(), reduction=self.reduction)
 
 
 class CEDRWLoss(_DRWMixin, LongTailLoss):
@@ -307,6 +331,7 @@ class CEDRWLoss(_DRWMixin, LongTailLoss):
         with :meth:`set_epoch`); a scalar, or [B] with ``reduction="none"``."""
         _check_logits(logits, target, self.num_classes)
         w = self.weight_at(self._epoch(epoch))
+        logits = _compute_dtype(logits)
         w = None if w is None else w.to(device=logits.device, dtype=logits.dtype)
         return F.cross_entropy(logits, target.long(), weight=w, reduction=self.reduction)
 
@@ -416,7 +441,8 @@ def make_loss(name: str, class_counts: Optional[CountsLike] = None, **kwargs) ->
 
     Args:
         name: the loss.
-        class_counts: [C] training images per class (all but "ce").
+        class_counts: [C] training images per class (all but "ce"; for "ce" only their number
+            is used, to check the logits' width).
         kwargs: passed to the loss class (e.g. ``drw_epoch``, ``beta``, ``max_margin``, ``scale``).
     Returns:
         a :class:`LongTailLoss`: ``loss(logits [B, C], target [B])`` -> scalar.
@@ -429,15 +455,24 @@ def make_loss(name: str, class_counts: Optional[CountsLike] = None, **kwargs) ->
     key = name.lower().replace("-", "_") if isinstance(name, str) else name
     if key not in _NAMES:
         raise ValueError(f"name: expected one of {_NAMES}, got {name!r}")
+    cls = {"ce": CELoss, "ce_drw": CEDRWLoss, "ldam": LDAMLoss, "ldam_drw": LDAMLoss,
+           "bs": BalancedSoftmaxLoss}[key]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "class_counts")]
+    if key == "ldam":
+        accepted.remove("drw_epoch")
+        accepted.remove("beta")
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        hint = "; use 'ldam_drw' for LDAM-DRW" if key == "ldam" and {"drw_epoch", "beta"} & set(unknown) else ""
+        raise TypeError(f"make_loss: loss {name!r} takes no argument {', '.join(unknown)} "
+                        f"(it takes {', '.join(accepted)}){hint}")
     if key == "ce":
-        return CELoss(**kwargs)
+        return CELoss(class_counts, **kwargs)
     if class_counts is None:
         raise ValueError(f"class_counts: loss {name!r} needs the training images per class")
     if key == "ce_drw":
         return CEDRWLoss(class_counts, **kwargs)
     if key == "ldam":
-        if "drw_epoch" in kwargs:
-            raise ValueError("drw_epoch: loss 'ldam' has no re-weighting; use 'ldam_drw' for LDAM-DRW")
         return LDAMLoss(class_counts, drw_epoch=None, **kwargs)
     if key == "ldam_drw":
         return LDAMLoss(class_counts, **kwargs)

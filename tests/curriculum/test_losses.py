@@ -220,8 +220,40 @@ def test_loss_errors_name_the_argument():
     for name in ("ce", "ce_drw", "ldam", "ldam_drw", "bs"):  # a call's epoch is checked like set_epoch's
         with assert_raises(ValueError, "epoch", "-1"):
             cu.make_loss(name, COUNTS)(z, y, epoch=-1)
-    with assert_raises(ValueError, "drw_epoch", "ldam_drw"):
+    with assert_raises(TypeError, "drw_epoch", "ldam_drw"):
         cu.make_loss("ldam", COUNTS, drw_epoch=3)
+    with assert_raises(TypeError, "drw_epoch", "reduction"):  # names the argument and what the loss takes
+        cu.make_loss("ce", COUNTS, drw_epoch=3)
+    with assert_raises(TypeError, "margin"):
+        cu.make_loss("bs", COUNTS, margin=0.5)
+    with assert_raises(ValueError, "logits", "8"):  # "ce" takes the counts' number to check the width
+        cu.make_loss("ce", COUNTS[:5])(z, y)
+    with assert_raises(ValueError, "weight", "[C=8]"):
+        cu.ldam_loss(z, y, cu.ldam_margins(COUNTS), weight=torch.ones(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["ce", "ce_drw", "ldam_drw", "bs"])
+def test_half_precision_logits_are_computed_in_float32(name, dtype):
+    """Margins, scale and prior added in bfloat16 were off by up to 0.3 per sample; float16 sums
+    of large losses overflowed. Half logits now give the float32 loss of the same values."""
+    g = torch.Generator().manual_seed(3)
+    z = (torch.rand(64, 8, generator=g) * 2 - 1).to(dtype)  # cosine-range logits, rounded to dtype
+    y = torch.randint(0, 8, (64,), generator=g)
+    for reduction in ("none", "sum"):
+        loss = cu.make_loss(name, COUNTS, reduction=reduction)
+        loss.set_epoch(200)  # re-weighted
+        got = loss(z.clone().requires_grad_(), y)
+        want = loss(z.float(), y)
+        assert got.dtype == torch.float32
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-5), float((got - want).abs().max())
+    z_big = torch.full((512, 2), 3000.0, dtype=dtype)  # float16 sum of 512 losses of ~6.9 would be fine,
+    z_big[:, 0] = 60000.0 if dtype == torch.float16 else 1e30  # but the gap makes each loss huge
+    out = cu.make_loss(name, COUNTS[:2], reduction="sum")(z_big, torch.ones(512, dtype=torch.long))
+    assert torch.isfinite(out)
+    zg = z.clone().requires_grad_()
+    cu.make_loss(name, COUNTS)(zg, y).backward()
+    assert zg.grad.dtype == dtype and torch.isfinite(zg.grad.float()).all()
 
 
 def test_functional_losses_take_python_lists():
