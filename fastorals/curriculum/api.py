@@ -25,6 +25,10 @@ from .lol import (
     LoLResult,
     _check_labels,
     _check_uint8_images,
+    _flag,
+    _positive_int,
+    _probability,
+    _real,
     accept_fraction,
     derive_seed,
     draw_plan,
@@ -66,16 +70,13 @@ def _model_device(model: Callable, default: torch.device) -> torch.device:
     return default
 
 
-def _positive_int(v: Any, name: str, minimum: int = 1) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
-    return v
-
-
-def _probability(v: Any, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
-        raise ValueError(f"{name}: expected a number in [0, 1], got {v!r}")
-    return float(v)
+def _model_dtype(model: Callable) -> Optional[torch.dtype]:
+    """The dtype of a module's first floating-point parameter (or buffer): its inputs' dtype."""
+    if isinstance(model, nn.Module):
+        for t in (*model.parameters(), *model.buffers()):
+            if t.dtype.is_floating_point:
+                return t.dtype
+    return None
 
 
 def _state_int(state: dict[str, Any], key: str, minimum: Optional[int]) -> int:
@@ -177,13 +178,13 @@ class CurriculumAugment:
         if magnitude_mode not in MAGNITUDE_MODES:
             raise ValueError(f"magnitude_mode: expected one of {MAGNITUDE_MODES}, got {magnitude_mode!r}")
         self.magnitude_mode = magnitude_mode
-        if isinstance(logit_adjustment, bool) or not isinstance(logit_adjustment, (int, float)) or not (
-            float(logit_adjustment) == float(logit_adjustment) and abs(float(logit_adjustment)) < float("inf")
-        ):
+        tau = _real(logit_adjustment)
+        if tau is None or not abs(tau) < float("inf"):  # NaN fails too
             raise ValueError(f"logit_adjustment: expected a finite number (tau), got {logit_adjustment!r}")
-        self.logit_adjustment = float(logit_adjustment)
-        self.strict_accept = bool(strict_accept)
+        self.logit_adjustment = tau
+        self.strict_accept = _flag(strict_accept, "strict_accept")
         self.eval_batch_size = None if eval_batch_size is None else _positive_int(eval_batch_size, "eval_batch_size")
+        seed = _as_int(seed)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed: expected an int, got {seed!r}")
         self.seed = seed
@@ -306,6 +307,8 @@ class CurriculumAugment:
         :class:`fastorals.augment.BatchAugment`.
         """
         _check_uint8_images(images, "images")
+        if images.shape[1] not in (1, 3):  # checked before the call counter moves: a failed call draws nothing
+            raise ValueError(f"images: expected 1 or 3 channels, got shape {list(images.shape)}")
         if not isinstance(labels, torch.Tensor):
             labels = torch.as_tensor(labels)
         _check_labels(labels, self.num_classes, images.shape[0])
@@ -322,7 +325,10 @@ class CurriculumAugment:
         elif hasattr(images_by_class, "images") and hasattr(images_by_class, "labels") and not isinstance(
             images_by_class, (list, tuple)
         ):  # an ImageDataset
-            key = id(images_by_class)
+            labels = images_by_class.labels
+            # the grouping depends on the labels only: a relabelled data set (new tensor, or one
+            # changed in place, which bumps its version) is grouped again
+            key = (id(images_by_class), id(labels), getattr(labels, "_version", None))
             if self._pool_cache is not None and self._pool_cache[0] == key and \
                     self._pool_cache[1].images is images_by_class.images:
                 pool = self._pool_cache[1]
@@ -386,12 +392,19 @@ class CurriculumAugment:
         device = _model_device(net, pool.images.device)
         log_prior = self._log_prior(pool).to(device, torch.float32) if self.logit_adjustment else None
         tau = self.logit_adjustment
+        in_dtype = _model_dtype(net)  # a float64 or half model gets its own dtype (the kernel gives float32)
+        nan_rows = torch.zeros((), dtype=torch.int64, device=device)  # counted on the device: no sync per batch
 
         def predict(x: torch.Tensor) -> torch.Tensor:
+            if in_dtype is not None and x.dtype != in_dtype:
+                x = x.to(in_dtype)
             logits = net(x)
             if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape != (x.shape[0], self.num_classes):
                 shape = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
                 raise ValueError(f"model: expected logits of shape [{x.shape[0]}, num_classes={self.num_classes}], got {shape}")
+            if not logits.dtype.is_floating_point:
+                raise TypeError(f"model: expected floating-point logits, got {logits.dtype}")
+            nan_rows.add_(torch.isnan(logits).any(1).sum())
             if log_prior is not None:
                 logits = logits.float() - tau * log_prior
             return logits.argmax(1)
@@ -408,8 +421,12 @@ class CurriculumAugment:
         finally:
             if isinstance(net, nn.Module):
                 net.train(was_training)
-        if world > 1:
-            correct, trials = self._all_reduce(correct, trials, before, device)
+        bad = int(nan_rows)
+        if world > 1:  # every rank learns of NaN logits anywhere, so all raise together
+            correct, trials, bad = self._all_reduce(correct, trials, before, bad, device)
+        if bad:  # argmax of NaN logits is class 0: the test would pass class 0 on a broken model
+            raise ValueError(f"model: returned NaN logits for {bad} of {len(plan)} test samples; "
+                             "the levels are left unchanged")
         new, accepted, tested = lol_decision(before, correct, trials, self._fraction, self.max_level,
                                              strict=self.strict_accept)
         self._levels = new
@@ -425,24 +442,25 @@ class CurriculumAugment:
             return self.eval_batch_size
         return 1024 if device.type == "cuda" else 256
 
-    def _all_reduce(self, correct: torch.Tensor, trials: torch.Tensor, levels: torch.Tensor,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _all_reduce(self, correct: torch.Tensor, trials: torch.Tensor, levels: torch.Tensor, nan_rows: int,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
         import torch.distributed as dist
 
         c, l1 = correct.shape
         # the sums of the levels and of their squares equal world * levels and world * levels**2
         # on a rank only when every rank holds its levels (equality in Cauchy-Schwarz); the sum
         # alone would pass on a rank whose levels are the mean of different ones (3+ ranks)
-        buf = torch.cat([correct.flatten(), trials.flatten(), levels, levels * levels]).to(device)
+        buf = torch.cat([correct.flatten(), trials.flatten(), levels, levels * levels,
+                         torch.tensor([nan_rows])]).to(device)
         dist.all_reduce(buf, group=self.process_group)
-        buf = buf.cpu()
+        buf, bad = buf[:-1].cpu(), int(buf[-1])
         world = dist.get_world_size(self.process_group)
         if not torch.equal(buf[2 * c * l1:], torch.cat([levels, levels * levels]) * world):
             raise RuntimeError(
                 "CurriculumAugment.update: levels differ across ranks; load the same state on every rank "
                 "(state_dict/load_state_dict) before training"
             )
-        return buf[: c * l1].view(c, l1), buf[c * l1: 2 * c * l1].view(c, l1)
+        return buf[: c * l1].view(c, l1), buf[c * l1: 2 * c * l1].view(c, l1), bad
 
     def hook(self, images_by_class: PoolLike, every: int = 1) -> Callable[[int, Callable], None]:
         """An ``on_epoch_start(epoch, model)`` hook for :func:`fastorals.training.fit` that runs

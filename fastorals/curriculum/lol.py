@@ -19,14 +19,17 @@ together (DDP, state, history).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
+import numpy as np
 import torch
 
 from ..augment import BatchAugment, Chains, PipelineDraws, apply_chains, draw_pipeline
+from .losses import _as_int
 
 __all__ = [
     "ClassPool",
@@ -70,6 +73,39 @@ def accept_fraction(accept_rate: float) -> Fraction:
     rounding of ``0.6 * 10`` style products.
     """
     return Fraction(float(accept_rate)).limit_denominator(10**6)
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def _positive_int(v: Any, name: str, minimum: int = 1) -> int:
+    """``v`` (an int, NumPy integer or 0-dim integer tensor; not a bool) as an int >= ``minimum``."""
+    v = _as_int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
+    return v
+
+
+def _real(v: Any) -> Optional[float]:
+    """``v`` as a float when it is a real number (Python, NumPy or 0-dim real tensor; not a bool), else None."""
+    if isinstance(v, bool) or (isinstance(v, torch.Tensor) and (v.dim() or v.dtype.is_complex or v.dtype == torch.bool)):
+        return None
+    if isinstance(v, (numbers.Real, torch.Tensor)) and not isinstance(v, np.bool_):
+        return float(v)
+    return None
+
+
+def _probability(v: Any, name: str) -> float:
+    f = _real(v)
+    if f is None or not 0.0 <= f <= 1.0:  # NaN fails too
+        raise ValueError(f"{name}: expected a number in [0, 1], got {v!r}")
+    return f
+
+
+def _flag(v: Any, name: str) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {v!r}")
+    return bool(v)
 
 
 # ----------------------------------------------------------------------------- the image pool
@@ -128,8 +164,7 @@ class ClassPool:
             if lab.numel() == 0:
                 raise ValueError("num_classes: needed when labels is empty")
             num_classes = int(lab.max()) + 1
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes: expected a positive int, got {num_classes!r}")
+        num_classes = _positive_int(num_classes, "num_classes")
         lab = _check_labels(lab, num_classes, images.shape[0]).to("cpu", torch.int64)
         self.images = images
         self.num_classes = num_classes
@@ -232,6 +267,10 @@ def draw_plan(
     Returns:
         :class:`LoLPlan` on the CPU.
     """
+    if not isinstance(pool, ClassPool):
+        raise TypeError(f"pool: expected a ClassPool, got {type(pool).__name__}")
+    levels = _check_plan_levels(levels, pool.num_classes)
+    num_test = _positive_int(num_test, "num_test")
     counts = pool.counts
     sizes = plan_sizes(levels, counts, num_test)
     total = int(sizes.sum())
@@ -252,6 +291,20 @@ def draw_plan(
     draws = draw_pipeline(total, h, w, crop_padding=pipeline.crop_padding, flip_prob=pipeline.flip_prob,
                           cutout=pipeline.cutout, generator=generator)
     return LoLPlan(classes, lv, index, chains, draws)
+
+
+def _check_plan_levels(levels: Any, num_classes: int) -> torch.Tensor:
+    """int64 [C] levels >= 0 on the CPU (the caller's table bounds the top)."""
+    t = levels if isinstance(levels, torch.Tensor) else torch.as_tensor(levels)
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"levels: expected an integer tensor, got dtype {t.dtype}")
+    if tuple(t.shape) != (num_classes,):
+        raise ValueError(f"levels: expected shape [num_classes={num_classes}] (one per class of the pool), "
+                         f"got {list(t.shape)}")
+    t = t.to("cpu", torch.int64)
+    if t.numel() and int(t.min()) < 0:
+        raise ValueError(f"levels: expected levels >= 0, got min {int(t.min())}")
+    return t
 
 
 def _to_float_images(x: torch.Tensor) -> torch.Tensor:
@@ -282,6 +335,9 @@ def evaluate_plan(
     Returns:
         (correct, trials): int64 [num_classes, max_level + 1] each, on the CPU.
     """
+    num_classes = _positive_int(num_classes, "num_classes")
+    max_level = _positive_int(max_level, "max_level", 0)
+    batch_size = _positive_int(batch_size, "batch_size")
     l1 = max_level + 1
     if len(plan):  # the count tables index by (class, level): an entry past them would land in another class
         lo, hi = (int(v) for v in torch.aminmax(plan.levels))
@@ -308,6 +364,9 @@ def evaluate_plan(
         if device is not None:
             x = x.to(device, non_blocking=True)
         pred = predict(x)
+        if not isinstance(pred, torch.Tensor) or tuple(pred.shape) != (pos.numel(),):
+            shape = list(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
+            raise ValueError(f"predict: expected class ids of shape [{pos.numel()}] (one per input), got {shape}")
         hits[s:s + pos.numel()] = pred.cpu() == plan.classes[pos]
     correct = torch.bincount(keys[hits], minlength=num_classes * l1).view(num_classes, l1)
     trials = torch.bincount(keys, minlength=num_classes * l1).view(num_classes, l1)
@@ -349,7 +408,14 @@ def lol_decision(
         >>> lol_decision(lv, correct, trials, 0.6, 2)[0]      # class 0: 6/10 passes; class 1: 17/30 fails
         tensor([1, 1])
     """
-    frac = accept_rate if isinstance(accept_rate, Fraction) else accept_fraction(accept_rate)
+    frac = accept_rate if isinstance(accept_rate, Fraction) else accept_fraction(_probability(accept_rate, "accept_rate"))
+    if not 0 <= frac <= 1:
+        raise ValueError(f"accept_rate: expected a number in [0, 1], got {frac}")
+    max_level = _positive_int(max_level, "max_level", 0)
+    levels = torch.as_tensor(levels)
+    if tuple(correct.shape) != (levels.shape[0], max_level + 1) or correct.shape != trials.shape:
+        raise ValueError(f"correct, trials: expected shape [C={levels.shape[0]}, max_level + 1={max_level + 1}] each, "
+                         f"got {list(correct.shape)} and {list(trials.shape)}")
     p, q = frac.numerator, frac.denominator
     l1 = max_level + 1
     upto = torch.arange(l1).unsqueeze(0) <= levels.unsqueeze(1)  # [C, L+1] levels under test

@@ -321,3 +321,107 @@ def test_docstring_examples_run(module):
 
     res = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
     assert res.attempted > 0 and res.failed == 0
+
+
+def test_numpy_and_tensor_scalars_are_accepted_and_other_types_named():
+    import numpy as np
+
+    cur = cu.CurriculumAugment(np.int64(4), max_level=torch.tensor(5), accept_rate=np.float64(0.6),
+                               aug_prob=np.float32(0.5), seed=np.int32(7), logit_adjustment=torch.tensor(1.0))
+    assert (cur.num_classes, cur.max_level, cur.seed) == (4, 5, 7) and type(cur.num_classes) is int
+    assert cu.accept_fraction(cur.accept_rate) == cu.accept_fraction(0.6) and cur.logit_adjustment == 1.0
+    assert cu.ClassPool(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), [0, 2], np.int64(3)).num_classes == 3
+    with assert_raises(TypeError, "strict_accept", "bool"):
+        cu.CurriculumAugment(4, strict_accept="no")
+    with assert_raises(ValueError, "accept_rate"):
+        cu.CurriculumAugment(4, accept_rate=True)
+    with assert_raises(ValueError, "aug_prob"):
+        cu.CurriculumAugment(4, aug_prob=torch.tensor([0.5, 0.5]))
+
+
+def test_a_refused_call_draws_nothing():
+    x, y = _batch()
+    cur, ref = cu.CurriculumAugment(4), cu.CurriculumAugment(4)
+    cur.set_levels([3, 1, 0, 2])
+    ref.set_levels([3, 1, 0, 2])
+    with assert_raises(ValueError, "images", "channels"):
+        cur(torch.zeros(2, 2, 8, 8, dtype=torch.uint8), y[:2])
+    assert torch.equal(cur(x, y), ref(x, y))  # the failed call did not move the call counter
+
+
+def test_a_relabelled_dataset_is_grouped_again():
+    x, y = _batch(b=40)
+    ds = data.ImageDataset(x, y)
+    cur = cu.CurriculumAugment(4, num_test=2)
+    cur.update(PixelMLP(192, 4), ds)
+    first = cur._pool_cache[1]
+    cur.update(PixelMLP(192, 4), ds)
+    assert cur._pool_cache[1] is first  # grouped once while the labels are unchanged
+    ds.labels = torch.zeros_like(y)  # a new labels tensor: every image in class 0
+    cur.update(PixelMLP(192, 4), ds)
+    assert cur._pool_cache[1].counts.tolist() == [40, 0, 0, 0]
+    ds.labels[:10] = 3  # changed in place
+    cur.update(PixelMLP(192, 4), ds)
+    assert cur._pool_cache[1].counts.tolist() == [30, 0, 0, 10]
+
+
+def test_models_of_other_dtypes_get_inputs_of_their_dtype():
+    pool = tiny_pool()
+
+    class Net(torch.nn.Module):  # no cast of its own: float64 weights need float64 inputs
+        def __init__(self, dtype):
+            super().__init__()
+            torch.manual_seed(0)
+            self.f = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4)).to(dtype)
+
+        def forward(self, x):
+            return self.f(x)
+
+    results = {}
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        cur = cu.CurriculumAugment(4, num_test=3)
+        cur.set_levels([2, 1, 0, 3])
+        results[dtype] = cur.update(Net(dtype), pool)
+    assert torch.equal(results[torch.float64].correct, results[torch.float32].correct)  # same weights, same calls
+    assert int(results[torch.float32].correct.sum()) > 0
+    assert torch.equal(results[torch.bfloat16].trials, results[torch.float32].trials)  # runs (pixels rounded)
+
+
+def test_nan_logits_are_refused_and_leave_the_levels():
+    pool = tiny_pool()
+    cur = cu.CurriculumAugment(4, num_test=2)
+    cur.set_levels([2, 1, 0, 3])
+    nan_model = lambda x: torch.full((x.shape[0], 4), float("nan"))  # argmax would say class 0 every time
+    with assert_raises(ValueError, "model", "NaN"):
+        cur.update(nan_model, pool)
+    assert cur.levels.tolist() == [2, 1, 0, 3] and cur.num_updates == 0
+
+
+def test_plan_building_blocks_check_their_arguments():
+    from fastorals.curriculum import lol
+
+    pool = tiny_pool()
+    cur = cu.CurriculumAugment(4)
+    g = torch.Generator().manual_seed(0)
+    plan = lol.draw_plan([1, 0, 2, 0], pool, 2, cur.pipeline, g)  # a list of levels is fine
+    assert len(plan) == 2 * 3 + 2 + 2 * 6 + 2
+    with assert_raises(ValueError, "levels", ">= 0"):
+        lol.draw_plan(torch.tensor([1, -1, 0, 0]), pool, 2, cur.pipeline, g)
+    with assert_raises(ValueError, "levels", "num_classes=4"):
+        lol.draw_plan(torch.tensor([1, 0, 0]), pool, 2, cur.pipeline, g)
+    with assert_raises(TypeError, "levels"):
+        lol.draw_plan(torch.tensor([1.0, 0, 0, 0]), pool, 2, cur.pipeline, g)
+    with assert_raises(ValueError, "num_test"):
+        lol.draw_plan(torch.tensor([1, 0, 0, 0]), pool, 0, cur.pipeline, g)
+    one = lambda x: torch.zeros(1, dtype=torch.int64)  # one prediction for a whole batch
+    with assert_raises(ValueError, "predict", "one per input"):
+        lol.evaluate_plan(one, pool, plan, cur.pipeline, num_classes=4, max_level=10)
+    pred = lambda x: torch.zeros(x.shape[0], dtype=torch.int64)
+    with assert_raises(ValueError, "batch_size"):
+        lol.evaluate_plan(pred, pool, plan, cur.pipeline, num_classes=4, max_level=10, batch_size=0)
+    correct, trials = lol.evaluate_plan(pred, pool, plan, cur.pipeline, num_classes=4, max_level=10)
+    for rate in (1.5, -1, float("nan")):
+        with assert_raises(ValueError, "accept_rate"):
+            lol.lol_decision(torch.tensor([1, 0, 2, 0]), correct, trials, rate, 10)
+    with assert_raises(ValueError, "correct, trials"):
+        lol.lol_decision(torch.tensor([1, 0, 2, 0]), correct, trials, 0.6, 5)
