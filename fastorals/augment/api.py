@@ -16,6 +16,7 @@ backends produce the same images for the same seed.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -192,6 +193,15 @@ def sample_chains(
         torch.Size([3, 10])
     """
     _check_sampler(max_level, magnitude_mode, official_max_d)
+    chains = _sample_chains(strengths, image_size, num_ops, max_level, magnitude_mode, ops, strongest,
+                            official_max_d, max_ops, generator)
+    _warn_past_official_ranges(max_level, magnitude_mode, official_max_d)
+    return chains
+
+
+def _sample_chains(strengths: TensorLike, image_size, num_ops, max_level: int, magnitude_mode: str, ops, strongest,
+                   official_max_d: float, max_ops: Optional[int], generator: Optional[torch.Generator]) -> Chains:
+    """:func:`sample_chains` with the sampler settings already checked (a :class:`ChainSampler`'s)."""
     image_size = _image_size(image_size)
     dev = _as_generator_device(generator)
     levels, n, k = _chain_lengths(strengths, num_ops, max_level, max_ops, dev)
@@ -217,6 +227,16 @@ def _check_sampler(max_level: int, magnitude_mode: str, official_max_d: float) -
     if not (isinstance(official_max_d, (int, float)) and not isinstance(official_max_d, bool)
             and math.isfinite(official_max_d) and official_max_d > 0):
         raise ValueError(f"official_max_d: expected a positive number, got {official_max_d!r}")
+
+
+def _warn_past_official_ranges(max_level: int, magnitude_mode: str, official_max_d: float) -> None:
+    """A configuration the domains allow (checked before) but past the paper's op ranges."""
+    if magnitude_mode == "official" and max_level > official_max_d:
+        warnings.warn(
+            f"max_level={max_level} > official_max_d={official_max_d:g}: official mode maps level s to "
+            f"lo + (s / {official_max_d:g}) (hi - lo), so levels above {official_max_d:g} leave the paper's "
+            "op ranges (e.g. rotations past 30 degrees, Solarize thresholds past 256, the identity)",
+            UserWarning, stacklevel=3)
 
 
 def _image_size(image_size) -> Optional[tuple[int, int]]:
@@ -438,6 +458,7 @@ class ChainSampler:
         self.official_max_d = official_max_d
         # the configuration's values, checked now (TranslateX/Y once the image size is known)
         _chain_table(self.ops, magnitude_mode, self.strongest, None, max_level, official_max_d, torch.device("cpu"))
+        _warn_past_official_ranges(max_level, magnitude_mode, official_max_d)
 
     def __call__(
         self,
@@ -458,11 +479,8 @@ class ChainSampler:
             >>> chains.ops.shape
             torch.Size([3, 10])
         """
-        return sample_chains(
-            strengths, image_size=image_size, num_ops=num_ops, max_level=self.max_level,
-            magnitude_mode=self.magnitude_mode, ops=self.ops, strongest=self.strongest,
-            official_max_d=self.official_max_d, max_ops=max_ops, generator=generator,
-        )
+        return _sample_chains(strengths, image_size, num_ops, self.max_level, self.magnitude_mode, self.ops,
+                              self.strongest, self.official_max_d, max_ops, generator)
 
     def __repr__(self) -> str:
         return (f"ChainSampler(max_level={self.max_level}, magnitude_mode={self.magnitude_mode!r}, "

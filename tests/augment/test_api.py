@@ -135,7 +135,8 @@ def test_out_of_domain_configurations_raise_when_configured_not_when_drawn():
         augment.ChainSampler(magnitude_mode="official", official_max_d=1e-9)
     # official mode past level 2 d: Posterize's bits pass 8, Pillow's identity as at 8, so held
     # there (levels up to 2 d unchanged); a sampler of any size builds at once (two levels checked)
-    big = augment.ChainSampler(max_level=100, magnitude_mode="official", ops=["Posterize"])
+    with pytest.warns(UserWarning, match="official_max_d"):  # allowed, past the paper's ranges
+        big = augment.ChainSampler(max_level=100, magnitude_mode="official", ops=["Posterize"])
     ch = big(torch.tensor([0, 30, 60, 61, 100]), image_size=(8, 8), num_ops=1)
     want = torch.tensor([0.0, 4.0, 8.0, 8.0, 8.0], dtype=torch.float64)
     assert torch.equal(ch.magnitudes[:, 0], torch.minimum(torch.tensor([0, 30, 60, 61, 100]) / 30.0 * 4, want))
@@ -596,3 +597,17 @@ def test_direct_and_registered_op_paths_give_the_same_bytes():
         via_op = augment.apply_chains(x, ch.ops, ch.magnitudes, ch.signs, **kw)
     assert any("augment_apply" in op for op in seen.ops), seen.ops
     assert torch.equal(direct, via_op)
+
+
+def test_official_levels_past_official_max_d_warn():
+    import warnings
+
+    with pytest.warns(UserWarning, match="max_level=40 > official_max_d=30"):
+        augment.ChainSampler(magnitude_mode="official", max_level=40)
+    with pytest.warns(UserWarning, match="official_max_d"):
+        augment.sample_chains(torch.tensor([0]), image_size=(8, 8), magnitude_mode="official", max_level=31)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        augment.ChainSampler(magnitude_mode="official", max_level=30)
+        augment.ChainSampler(magnitude_mode="monotone", max_level=40)
+        augment.BatchAugment(magnitude_mode="official", max_level=20, official_max_d=20)
