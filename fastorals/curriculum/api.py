@@ -18,6 +18,11 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
+from .._args import as_int as _as_int
+from .._args import flag as _flag
+from .._args import int_arg as _positive_int
+from .._args import probability as _probability
+from .._args import real as _real
 from ..augment import BatchAugment
 from ..augment.api import MAGNITUDE_MODES
 from .lol import (
@@ -25,17 +30,12 @@ from .lol import (
     LoLResult,
     _check_labels,
     _check_uint8_images,
-    _flag,
-    _positive_int,
-    _probability,
-    _real,
     accept_fraction,
     derive_seed,
     draw_plan,
     evaluate_plan,
     lol_decision,
 )
-from .losses import _as_int
 
 __all__ = ["CurriculumAugment"]
 

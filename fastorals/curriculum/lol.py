@@ -19,17 +19,16 @@ together (DDP, state, history).
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Optional, Union
 
-import numpy as np
 import torch
 
+from .._args import int_arg as _positive_int
+from .._args import probability as _probability
 from ..augment import BatchAugment, Chains, PipelineDraws, apply_chains, draw_pipeline
-from .losses import _as_int
 
 __all__ = [
     "ClassPool",
@@ -73,39 +72,6 @@ def accept_fraction(accept_rate: float) -> Fraction:
     rounding of ``0.6 * 10`` style products.
     """
     return Fraction(float(accept_rate)).limit_denominator(10**6)
-
-
-# ----------------------------------------------------------------------------- argument checks
-
-
-def _positive_int(v: Any, name: str, minimum: int = 1) -> int:
-    """``v`` (an int, NumPy integer or 0-dim integer tensor; not a bool) as an int >= ``minimum``."""
-    v = _as_int(v)
-    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
-    return v
-
-
-def _real(v: Any) -> Optional[float]:
-    """``v`` as a float when it is a real number (Python, NumPy or 0-dim real tensor; not a bool), else None."""
-    if isinstance(v, bool) or (isinstance(v, torch.Tensor) and (v.dim() or v.dtype.is_complex or v.dtype == torch.bool)):
-        return None
-    if isinstance(v, (numbers.Real, torch.Tensor)) and not isinstance(v, np.bool_):
-        return float(v)
-    return None
-
-
-def _probability(v: Any, name: str) -> float:
-    f = _real(v)
-    if f is None or not 0.0 <= f <= 1.0:  # NaN fails too
-        raise ValueError(f"{name}: expected a number in [0, 1], got {v!r}")
-    return f
-
-
-def _flag(v: Any, name: str) -> bool:
-    if not isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a bool, got {v!r}")
-    return bool(v)
 
 
 # ----------------------------------------------------------------------------- the image pool

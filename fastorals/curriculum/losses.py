@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import inspect
 import math
-import operator
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .._args import as_int as _as_int
 
 __all__ = [
     "BalancedSoftmaxLoss",
@@ -146,17 +147,6 @@ def _check_logits(logits: torch.Tensor, target: torch.Tensor, num_classes: Optio
         lo, hi = int(target.min()), int(target.max())
         if lo < 0 or hi >= logits.shape[1]:
             raise ValueError(f"target: expected class ids in [0, {logits.shape[1]}), got min {lo}, max {hi}")
-
-
-def _as_int(v: Any) -> Any:
-    """``v`` as a Python int when it is integer-like (an int, a NumPy integer, a 0-dim integer
-    tensor; not a bool), else ``v`` unchanged for the caller's check to refuse."""
-    if isinstance(v, bool):
-        return v
-    try:
-        return operator.index(v)
-    except TypeError:
-        return v
 
 
 def _compute_dtype(logits: torch.Tensor) -> torch.Tensor:
