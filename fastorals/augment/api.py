@@ -24,6 +24,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from .._args import as_int, as_tensor, int_arg, probability, real
 from .._ext import select_backend
 from .._transfer import to_device_packed
 from . import opset as O
@@ -60,8 +61,9 @@ class Chains:
 
     Attributes:
         ops: int32 [B, K] op ids (see :mod:`fastorals.augment.opset`), -1 = none.
-        magnitudes: float64 [B, K] values on the positive side of each op's identity.
-        signs: int8 [B, K] of +1/-1; -1 maps a signed op's value v to ``2 * identity - v``.
+        magnitudes: float64 [B, K] op values in PIL's units (see :mod:`.opset`), before the sign.
+        signs: int8 [B, K] of +1/-1; -1 maps a signed op's value v to ``2 * identity - v``
+            (a reflection about the identity; unsigned ops ignore it).
     """
 
     ops: torch.Tensor
@@ -136,7 +138,7 @@ def _as_generator_device(generator: Optional[torch.Generator]) -> torch.device:
 
 
 def _levels_tensor(x: TensorLike, name: str, batch: Optional[int] = None) -> torch.Tensor:
-    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+    t = as_tensor(x, name)
     if t.dtype.is_floating_point:
         if not torch.all(t == t.round()) or not torch.all(t.abs() < 2.0**63):  # inf too: no int64 wrap
             raise ValueError(f"{name}: expected whole numbers, got {t}")
@@ -175,8 +177,8 @@ def sample_chains(
         max_level: the strongest level.
         magnitude_mode: "monotone" (default; distance from identity grows with the level) or
             "official" (the paper code's ``lo + level / 30 * (hi - lo)``, see :mod:`.opset`).
-        ops: op names or ids to draw from (default: all 22).
-        strongest: monotone mode: overrides of the value at ``max_level`` per op name
+        ops: distinct op names or ids to draw from (default: all 22).
+        strongest: monotone mode only: overrides of the value at ``max_level`` per op name
             (defaults :data:`.opset.MONOTONE_STRONGEST`; TranslateX/Y as a fraction of the side).
         official_max_d: official mode's divisor (30 in the paper's code).
         max_ops: pad chains to this length K (default: the largest ``num_ops``).
@@ -192,7 +194,7 @@ def sample_chains(
         >>> chains.ops.shape
         torch.Size([3, 10])
     """
-    _check_sampler(max_level, magnitude_mode, official_max_d)
+    max_level, official_max_d = _check_sampler(max_level, magnitude_mode, official_max_d, strongest)
     chains = _sample_chains(strengths, image_size, num_ops, max_level, magnitude_mode, ops, strongest,
                             official_max_d, max_ops, generator)
     _warn_past_official_ranges(max_level, magnitude_mode, official_max_d)
@@ -219,14 +221,18 @@ def _sample_chains(strengths: TensorLike, image_size, num_ops, max_level: int, m
     return Chains(op.to(torch.int32), mag, signs)
 
 
-def _check_sampler(max_level: int, magnitude_mode: str, official_max_d: float) -> None:
+def _check_sampler(max_level: int, magnitude_mode: str, official_max_d: float, strongest=None) -> tuple[int, float]:
+    """The checked ``(max_level, official_max_d)`` as an int and a float."""
     if magnitude_mode not in MAGNITUDE_MODES:
         raise ValueError(f"magnitude_mode: expected one of {MAGNITUDE_MODES}, got {magnitude_mode!r}")
-    if not isinstance(max_level, int) or isinstance(max_level, bool) or max_level < 1:
-        raise ValueError(f"max_level: expected a positive int, got {max_level!r}")
-    if not (isinstance(official_max_d, (int, float)) and not isinstance(official_max_d, bool)
-            and math.isfinite(official_max_d) and official_max_d > 0):
+    if strongest and magnitude_mode != "monotone":
+        raise ValueError("strongest: only used with magnitude_mode='monotone'; official mode takes the paper's "
+                         "op ranges (official_max_d scales the levels)")
+    max_level = int_arg(max_level, "max_level")
+    d = real(official_max_d)
+    if d is None or not (math.isfinite(d) and d > 0):
         raise ValueError(f"official_max_d: expected a positive number, got {official_max_d!r}")
+    return max_level, d
 
 
 def _warn_past_official_ranges(max_level: int, magnitude_mode: str, official_max_d: float) -> None:
@@ -265,12 +271,16 @@ def _chain_lengths(strengths: TensorLike, num_ops, max_level: int, max_ops: Opti
     lo, hi = (int(v) for v in torch.aminmax(levels)) if b else (0, 0)
     if lo < 0 or hi > max_level:
         raise ValueError(f"strengths: expected levels in [0, max_level={max_level}], got min {lo}, max {hi}")
+    if not isinstance(num_ops, torch.Tensor) or num_ops.dim() == 0:
+        num_ops = as_int(num_ops)
     if num_ops is None:
         n, kmax = levels, hi
     elif isinstance(num_ops, int) and not isinstance(num_ops, bool):
         if num_ops < 0:
             raise ValueError(f"num_ops: expected >= 0, got {num_ops}")
         n, kmax = torch.full((b,), num_ops, dtype=torch.int64, device=dev), num_ops if b else 0
+    elif not isinstance(num_ops, (torch.Tensor, Sequence)) or isinstance(num_ops, (str, bytes)):
+        raise ValueError(f"num_ops: expected an int or one int per sample [B], got {num_ops!r}")
     else:
         n = _levels_tensor(num_ops, "num_ops", b).to(dev)
         if b and int(n.min()) < 0:
@@ -279,9 +289,7 @@ def _chain_lengths(strengths: TensorLike, num_ops, max_level: int, max_ops: Opti
     if max_ops is None:
         k = kmax
     else:
-        if not isinstance(max_ops, int) or max_ops < kmax:
-            raise ValueError(f"max_ops: expected an int >= the largest num_ops ({kmax}), got {max_ops!r}")
-        k = max_ops
+        k = int_arg(max_ops, f"max_ops (at least the largest num_ops, {kmax})", kmax)
     return levels, n, k
 
 
@@ -450,7 +458,7 @@ class ChainSampler:
         strongest: Optional[Mapping[str, float]] = None,
         official_max_d: float = 30.0,
     ) -> None:
-        _check_sampler(max_level, magnitude_mode, official_max_d)
+        max_level, official_max_d = _check_sampler(max_level, magnitude_mode, official_max_d, strongest)
         self.max_level = max_level
         self.magnitude_mode = magnitude_mode
         self.ops = O.op_ids(ops)
@@ -537,16 +545,15 @@ def draw_pipeline(
         >>> d.crop.shape, d.flip.shape, d.cutout.shape
         (torch.Size([128, 2]), torch.Size([128]), torch.Size([128, 4]))
     """
-    for name, v in (("batch_size", batch_size), ("height", height), ("width", width)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "batch_size" else 1):
-            raise ValueError(f"{name}: expected a {'non-negative' if name == 'batch_size' else 'positive'} int, got {v!r}")
-    if not isinstance(crop_padding, int) or crop_padding < 0:
-        raise ValueError(f"crop_padding: expected an int >= 0, got {crop_padding!r}")
-    if not (isinstance(flip_prob, (int, float)) and 0.0 <= float(flip_prob) <= 1.0):
-        raise ValueError(f"flip_prob: expected a probability in [0, 1], got {flip_prob!r}")
-    if not isinstance(cutout, int) or cutout < 0:
-        raise ValueError(f"cutout: expected an int >= 0 (hole side), got {cutout!r}")
-    return _pipeline_draws(batch_size, height, width, crop_padding, float(flip_prob), cutout, generator)
+    b, h, w, crop_padding, flip_prob, cutout = _pipeline_args(batch_size, height, width, crop_padding, flip_prob, cutout)
+    return _pipeline_draws(b, h, w, crop_padding, flip_prob, cutout, generator)
+
+
+def _pipeline_args(batch_size, height, width, crop_padding, flip_prob, cutout) -> tuple[int, int, int, int, float, int]:
+    """The checked arguments of :func:`draw_pipeline` (integer-likes as ints)."""
+    return (int_arg(batch_size, "batch_size", 0), int_arg(height, "height"), int_arg(width, "width"),
+            int_arg(crop_padding, "crop_padding", 0), probability(flip_prob, "flip_prob"),
+            int_arg(cutout, "cutout (hole side)", 0))
 
 
 # (edge offsets, upper bounds) of Cutout boxes, by (half side, H, W, device)
@@ -587,22 +594,31 @@ def _pipeline_draws(b: int, height: int, width: int, crop_padding: int, flip_pro
 # ----------------------------------------------------------------------------- application
 
 
+def _real_vector(x, name: str) -> torch.Tensor:
+    """A Normalize setting as a flat float64 tensor on the CPU (named errors)."""
+    t = as_tensor(x, name, torch.float64)
+    if t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name}: expected real numbers, got dtype {t.dtype}")
+    return t.to("cpu", torch.float64).flatten()
+
+
 def _channel_vector(x, c: int, name: str, device: torch.device) -> torch.Tensor:
-    t = torch.as_tensor(x, dtype=torch.float32).flatten().to(device)
+    t = _real_vector(x, name)
     if t.numel() == 1:
-        t = t.expand(c).contiguous()
+        t = t.expand(c)
     if t.numel() != c:
-        raise ValueError(f"{name}: expected {c} values (one per channel), got {t.numel()}")
+        raise ValueError(f"{name}: expected {c} {'value' if c == 1 else 'values'} (one per channel), got {t.numel()}")
+    t = t.to(torch.float32)
     if not torch.isfinite(t).all():
-        raise ValueError(f"{name}: expected finite values")
-    return t
+        raise ValueError(f"{name}: expected finite float32 values")
+    return t.to(device).contiguous()
 
 
 def _per_channel(x, name: str) -> Optional[tuple[float, ...]]:
     """A Normalize setting as a tuple of 1 (all channels) or 3 (per channel) floats."""
     if x is None:
         return None
-    t = torch.as_tensor(x, dtype=torch.float64).flatten() if not isinstance(x, torch.Tensor) else x.flatten()
+    t = _real_vector(x, name)
     if t.numel() not in (1, 3):
         raise ValueError(f"{name}: expected 1 value or 3 (one per channel), got {t.numel()}")
     return tuple(float(v) for v in t)
@@ -615,12 +631,31 @@ def _int_param(x: Optional[TensorLike], shape: tuple[int, ...], name: str, devic
     a box edge past it: the side)."""
     if x is None:
         return torch.zeros(shape, dtype=torch.int32, device=device)
-    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.int64 if _empty(x) else None)
+    t = as_tensor(x, name, torch.int64 if _empty(x) else None)
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name}: expected an integer tensor, got dtype {t.dtype}")
     if tuple(t.shape) != shape:
         raise ValueError(f"{name}: expected shape {list(shape)}, got {list(t.shape)}")
     return t.to(device=device, dtype=torch.int64).clamp(lo, hi).to(torch.int32).contiguous()
+
+
+def _op_names_to_ids(ops):
+    """Nested lists with op names (or None) -> the same lists of ids; anything else unchanged."""
+    if isinstance(ops, (list, tuple)) and any(
+            isinstance(v, (str, type(None))) for row in ops if isinstance(row, (list, tuple)) for v in row):
+        out = []
+        for i, row in enumerate(ops):
+            if not isinstance(row, (list, tuple)):
+                raise ValueError(f"ops: expected a [B, K] nested list, got row {i} = {row!r}")
+            ids = []
+            for j, v in enumerate(row):
+                try:
+                    ids.append(O.NONE if v is None or (isinstance(v, int) and v == O.NONE) else O.op_id(v))
+                except (ValueError, TypeError) as e:
+                    raise type(e)(f"ops: {e} at [{i}, {j}]") from None
+            out.append(ids)
+        return out
+    return ops
 
 
 def _empty(x) -> bool:
@@ -641,6 +676,8 @@ def _check_images(images: torch.Tensor) -> None:
         raise ValueError(f"images: expected 1 (L) or 3 (RGB) channels, got C={images.shape[1]}")
     if images.shape[2] < 1 or images.shape[3] < 1:
         raise ValueError(f"images: expected H, W >= 1, got {list(images.shape)}")
+    if images.is_meta:
+        raise ValueError("images: a meta tensor holds no pixels; expected a CPU or CUDA tensor")
 
 
 def _canonical_chain(
@@ -648,13 +685,17 @@ def _canonical_chain(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     b = images.shape[0]
     dev = images.device
-    o = ops if isinstance(ops, torch.Tensor) else torch.as_tensor(ops, dtype=torch.int64 if _empty(ops) else None)
+    o = as_tensor(_op_names_to_ids(ops), "ops", torch.int64 if _empty(ops) else None)
+    if b == 0 and o.dim() == 1 and o.numel() == 0:  # [] for an empty batch
+        o = o.reshape(0, 0)
     if o.dtype.is_floating_point or o.dtype == torch.bool or o.dtype.is_complex:
         raise TypeError(f"ops: expected an integer tensor of op ids, got dtype {o.dtype}")
     if o.dim() != 2 or o.shape[0] != b:
         raise ValueError(f"ops: expected shape [B={b}, K], got {list(o.shape)}")
     k = o.shape[1]
-    m = magnitudes if isinstance(magnitudes, torch.Tensor) else torch.as_tensor(magnitudes, dtype=torch.float64)
+    m = as_tensor(magnitudes, "magnitudes", torch.float64)
+    if m.numel() == 0 and tuple(m.shape) != (b, k):
+        m = m.reshape(b, k)
     if m.dtype == torch.bool or m.dtype.is_complex:
         raise TypeError(f"magnitudes: expected a real tensor, got dtype {m.dtype}")
     if tuple(m.shape) != (b, k):
@@ -663,7 +704,9 @@ def _canonical_chain(
     m = m.to(device=dev, dtype=torch.float64)
     s = None
     if signs is not None:
-        s = signs if isinstance(signs, torch.Tensor) else torch.as_tensor(signs)
+        s = as_tensor(signs, "signs")
+        if s.numel() == 0 and tuple(s.shape) != (b, k):
+            s = s.reshape(b, k)
         if s.dtype.is_complex:
             raise TypeError(f"signs: expected a real tensor of +1/-1, got dtype {s.dtype}")
         if tuple(s.shape) != (b, k):
@@ -755,7 +798,7 @@ def apply_chains(
     if flip is None:
         flip_t = torch.zeros(b, dtype=torch.uint8, device=dev)
     else:
-        f = flip if isinstance(flip, torch.Tensor) else torch.as_tensor(flip)
+        f = as_tensor(flip, "flip")
         if f.dtype.is_floating_point or f.dtype.is_complex:
             raise TypeError(f"flip: expected a bool tensor, got dtype {f.dtype}")
         if tuple(f.shape) != (b,):
@@ -779,8 +822,8 @@ def _output_spec(mean, std, out_dtype: Optional[torch.dtype], c: int,
         raise ValueError("out_dtype: Normalize (mean/std) needs out_dtype=torch.float32")
     mean_t = _channel_vector(mean if normalize else 0.0, c, "mean", dev)
     std_t = _channel_vector(std if normalize else 1.0, c, "std", dev)
-    if normalize and bool((std_t == 0).any()):
-        raise ValueError("std: expected non-zero values")
+    if normalize and not bool(torch.isfinite(1.0 / std_t).all()):  # 0, or so small that 1/std overflows
+        raise ValueError(f"std: expected non-zero values whose float32 inverse is finite, got {std_t.tolist()}")
     mean_t, std_t = torch.stack([mean_t, std_t])  # rows of one tensor: a graph replay loads both with one copy
     return mean_t, std_t, out_dtype == torch.float32
 
@@ -889,18 +932,42 @@ class BatchAugment(nn.Module):
         super().__init__()
         self.sampler = ChainSampler(max_level=max_level, magnitude_mode=magnitude_mode, ops=ops,
                                     strongest=strongest, official_max_d=official_max_d)
-        draw_pipeline(0, 1, 1, crop_padding=crop_padding, flip_prob=flip_prob, cutout=cutout)  # validates
+        _, _, _, self.crop_padding, self.flip_prob, self.cutout = _pipeline_args(0, 1, 1, crop_padding, flip_prob, cutout)
+        self._spec_cache: dict = {}
+        self.set_output(mean, std, out_dtype)
+
+    def set_output(self, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                   out_dtype: Optional[torch.dtype] = None) -> None:
+        """Change Normalize and the output dtype (checked now, as in the constructor)."""
         if (mean is None) != (std is None):
             raise ValueError("mean, std: give both or neither")
-        self.crop_padding = crop_padding
-        self.flip_prob = float(flip_prob)
-        self.cutout = cutout
-        self.mean = _per_channel(mean, "mean")
-        self.std = _per_channel(std, "std")
-        n = max(len(self.mean), len(self.std)) if self.mean is not None and self.std is not None else 1
-        _output_spec(self.mean, self.std, out_dtype, n, torch.device("cpu"))  # checks values and out_dtype now
-        self.out_dtype = out_dtype
-        self._spec_cache: dict = {}
+        m, sd = _per_channel(mean, "mean"), _per_channel(std, "std")
+        n = max(len(m), len(sd)) if m is not None and sd is not None else 1
+        _output_spec(m, sd, out_dtype, n, torch.device("cpu"))  # checks values and out_dtype now
+        self._mean, self._std, self._out_dtype = m, sd, out_dtype
+        self._spec_cache.clear()
+
+    def __setstate__(self, state: dict) -> None:
+        # objects pickled before Normalize became read-only properties kept plain attributes
+        for k in ("mean", "std", "out_dtype"):
+            if k in state:
+                state["_" + k] = state.pop(k)
+        super().__setstate__(state)
+
+    @property
+    def mean(self) -> Optional[tuple[float, ...]]:
+        """Normalize's mean (1 value for all channels, or 3), or None; set with :meth:`set_output`."""
+        return self._mean
+
+    @property
+    def std(self) -> Optional[tuple[float, ...]]:
+        """Normalize's std (1 value for all channels, or 3), or None; set with :meth:`set_output`."""
+        return self._std
+
+    @property
+    def out_dtype(self) -> Optional[torch.dtype]:
+        """The output dtype (None: float32 with Normalize, else uint8); set with :meth:`set_output`."""
+        return self._out_dtype
 
     @classmethod
     def cifar(cls, **kwargs) -> BatchAugment:

@@ -55,6 +55,8 @@ from typing import Union
 
 import torch
 
+from .._args import as_int
+
 NONE = -1
 
 OP_NAMES: tuple[str, ...] = (
@@ -152,6 +154,7 @@ def op_id(op: OpLike) -> int:
     Raises:
         ValueError: unknown name or id.
     """
+    op = as_int(op)  # NumPy integers and 0-dim integer tensors too
     if isinstance(op, bool):
         raise TypeError(f"op: expected an op name or id, got {op!r}")
     if isinstance(op, int):
@@ -167,7 +170,8 @@ def op_id(op: OpLike) -> int:
 
 
 def op_ids(ops: Sequence[OpLike] | None) -> list[int]:
-    """Ids of a list of ops (default: all 22), without duplicates, order kept."""
+    """Ids of a list of ops (default: all 22), order kept; ops are drawn uniformly from this set,
+    so a repeated op is refused rather than silently counted once."""
     if ops is None:
         return list(range(NUM_OPS))
     if isinstance(ops, (str, int)):
@@ -175,8 +179,9 @@ def op_ids(ops: Sequence[OpLike] | None) -> list[int]:
     out: list[int] = []
     for o in ops:
         i = op_id(o)
-        if i not in out:
-            out.append(i)
+        if i in out:
+            raise ValueError(f"ops: {OP_NAMES[i]} is listed twice; ops are drawn uniformly from a set of distinct ops")
+        out.append(i)
     if not out:
         raise ValueError("ops: expected at least one op")
     return out

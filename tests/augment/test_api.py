@@ -611,3 +611,97 @@ def test_official_levels_past_official_max_d_warn():
         augment.ChainSampler(magnitude_mode="official", max_level=30)
         augment.ChainSampler(magnitude_mode="monotone", max_level=40)
         augment.BatchAugment(magnitude_mode="official", max_level=20, official_max_d=20)
+
+
+def test_new_user_inputs_are_accepted_or_named():
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8, generator=g)
+    by_id = augment.apply_chains(img, [[10, 7], [5, -1]], [[15.0, 0.0], [0.0, 0.0]])
+    assert torch.equal(augment.apply_chains(img, [["Rotate", "invert"], ["AutoContrast", None]],
+                                            [[15.0, 0.0], [0.0, 0.0]]), by_id)  # names like Chains.from_lists
+    with assert_raises(ValueError, "ops", "Foo", "[1, 0]"):
+        augment.apply_chains(img, [["Rotate"], ["Foo"]], [[1.0], [0.0]])
+    with assert_raises(TypeError, "signs", "Generator"):  # the generator one position too early
+        augment.batch_augment(img, [[10], [7]], [[15.0], [0.0]], g)
+    for kwargs, name in ((dict(ops=[[10, 7], [5]], magnitudes=[[1.0, 0.0], [0.0]]), "ops"),
+                         (dict(ops=[[10], [7]], magnitudes=[[1.0, 2.0], [0.0]]), "magnitudes"),
+                         (dict(ops=[[10], [7]], magnitudes=[[1.0], [0.0]], crop=[[1, 2], [3]]), "crop")):
+        with assert_raises(ValueError, name, "rectangular"):
+            augment.apply_chains(img, **kwargs)
+    with assert_raises(ValueError, "strengths", "rectangular"):
+        augment.sample_chains([[1, 2], [3]], image_size=(8, 8))
+    mags = torch.tensor([[15.0, 0.0], [0.0, 0.0]], requires_grad=True)
+    mean = torch.nn.Parameter(torch.tensor([0.5, 0.4, 0.3]))
+    out = augment.apply_chains(img, [[10, 7], [5, -1]], mags, mean=mean, std=torch.tensor(0.25))
+    assert torch.equal(out, augment.apply_chains(img, [[10, 7], [5, -1]], mags.detach(), mean=[0.5, 0.4, 0.3],
+                                                 std=0.25))
+    with assert_raises(TypeError, "mean", "str"):
+        augment.BatchAugment(mean="x", std=[1.0])
+    with assert_raises(ValueError, "mean", "rectangular"):
+        augment.BatchAugment(mean=[0.1, None, 0.3], std=[1.0])
+    with assert_raises(ValueError, "mean", "1 value (one per channel)"):
+        augment.apply_chains(img[:, :1], [[-1], [-1]], [[0.0], [0.0]], mean=[0.1, 0.2], std=1.0)
+    with assert_raises(ValueError, "std", "inverse"):
+        augment.apply_chains(img, [[-1], [-1]], [[0.0], [0.0]], mean=0.0, std=1e-45)
+    with assert_raises(ValueError, "images", "meta"):
+        augment.apply_chains(img.to("meta"), [[-1], [-1]], [[0.0], [0.0]], validate=False)
+    with assert_raises(TypeError, "ops", "uint64"):
+        augment.apply_chains(img, torch.full((2, 1), 2**63, dtype=torch.uint64), [[0.0], [0.0]])
+    with assert_raises(TypeError, "strengths", "uint64"):
+        augment.sample_chains(torch.tensor([1, 2], dtype=torch.uint64), image_size=(8, 8))
+    # an empty batch from Python lists
+    empty = torch.zeros(0, 3, 8, 8, dtype=torch.uint8)
+    assert augment.apply_chains(empty, [], []).shape == (0, 3, 8, 8)
+
+
+def test_integer_and_bool_arguments_are_told_apart():
+    import numpy as np
+
+    a = augment.BatchAugment(max_level=np.int64(5), crop_padding=np.int32(2), cutout=np.int64(4),
+                             flip_prob=np.float32(0.5), ops=[np.int64(10), "Invert"])
+    assert (a.max_level, a.crop_padding, a.cutout) == (5, 2, 4) and type(a.crop_padding) is int
+    assert a.sampler.ops == [10, 7]
+    ch = augment.sample_chains([2, 3], image_size=(8, 8), num_ops=np.int64(2), max_ops=np.int64(4))
+    assert ch.ops.shape == (2, 4) and ch.num_ops().tolist() == [2, 2]
+    for kwargs, name in ((dict(crop_padding=True), "crop_padding"), (dict(cutout=True), "cutout"),
+                         (dict(flip_prob=True), "flip_prob"), (dict(max_level=True), "max_level")):
+        with assert_raises(ValueError, name):
+            augment.BatchAugment(**kwargs)
+    with assert_raises(ValueError, "max_ops"):
+        augment.sample_chains([1], image_size=(8, 8), max_ops=True)
+    with assert_raises(ValueError, "num_ops"):
+        augment.sample_chains([1, 2], image_size=(8, 8), num_ops=2.0)
+    with assert_raises(ValueError, "ops", "Rotate", "twice"):
+        augment.BatchAugment(ops=["Rotate", 10, "Invert"])
+    with assert_raises(ValueError, "strongest", "monotone"):
+        augment.BatchAugment(magnitude_mode="official", strongest={"Rotate": 10.0})
+
+
+def test_normalize_settings_change_through_set_output():
+    import copy
+    import pickle
+
+    img = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    aug = augment.BatchAugment(crop_padding=2, mean=0.5, std=0.25)
+    g = lambda: torch.Generator().manual_seed(1)
+    first = aug(img, torch.tensor([0, 1, 2, 3]), g())
+    with pytest.raises(AttributeError):
+        aug.mean = (0.1, 0.2, 0.3)  # read-only: both settings change together, checked
+    aug.set_output([0.1, 0.2, 0.3], [0.2, 0.2, 0.2])
+    assert aug.mean == (0.1, 0.2, 0.3)
+    moved = aug(img, torch.tensor([0, 1, 2, 3]), g())
+    want = augment.BatchAugment(crop_padding=2, mean=[0.1, 0.2, 0.3], std=0.2)(img, torch.tensor([0, 1, 2, 3]), g())
+    assert torch.equal(moved, want) and not torch.equal(moved, first)  # the cached spec was dropped
+    with assert_raises(ValueError, "mean, std"):
+        aug.set_output(mean=0.5)
+    aug.set_output(out_dtype=torch.uint8)
+    assert aug(img, torch.tensor([0, 1, 2, 3]), g()).dtype == torch.uint8
+    clone = pickle.loads(pickle.dumps(aug))
+    assert torch.equal(clone(img, torch.tensor([0, 1, 2, 3]), g()), aug(img, torch.tensor([0, 1, 2, 3]), g()))
+    old = copy.copy(aug.__dict__)  # the attribute layout before Normalize became properties
+    for k in ("mean", "std", "out_dtype"):
+        old[k] = old.pop("_" + k)
+    revived = augment.BatchAugment.__new__(augment.BatchAugment)
+    revived.__setstate__(old)
+    assert revived.out_dtype == torch.uint8 and revived.mean is None
