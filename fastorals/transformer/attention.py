@@ -50,7 +50,9 @@ def _preload_triton() -> None:
 # ----------------------------------------------------------------------------- argument checks
 
 
-def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, name: str) -> None:
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, name: str, cache_dtype: bool = False) -> None:
+    """``cache_dtype``: ``k``/``v`` are a cache that may be stored in a lower precision than a
+    float32 ``q`` (as :meth:`GPT.step` uses it)."""
     for arg, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
@@ -58,8 +60,11 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, name: str) -> 
             raise ValueError(f"{name}: {arg} must be 4-D (batch, heads, seq_len, head_dim), got shape {tuple(t.shape)}")
         if not t.dtype.is_floating_point:
             raise TypeError(f"{name}: {arg} must be a floating point tensor, got dtype {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"{name}: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    mixed = cache_dtype and q.dtype == torch.float32 and k.dtype == v.dtype and k.dtype in (torch.bfloat16,
+                                                                                          torch.float16)
+    if not (q.dtype == k.dtype == v.dtype) and not mixed:
+        also = " (or float32 q with a bfloat16/float16 cache)" if cache_dtype else ""
+        raise TypeError(f"{name}: q, k, v must share one dtype{also}, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"{name}: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if k.shape != v.shape:
@@ -232,11 +237,13 @@ def decode_attention(
     ``kv_lens[b]`` are never read, so sequences of different lengths share one call.
 
     On CUDA, ``T <= 4`` runs a decode kernel with one program per (sequence, head); longer query
-    blocks run the flash-attention forward kernel with per-sequence lengths. On CPU it runs SDPA
-    on the cache prefix up to ``max(kv_lens)``.
+    blocks run the flash-attention forward kernel with per-sequence lengths. On CPU the C++
+    decode kernel runs float32 queries against a float32 or bfloat16 cache for ``T <= 16``
+    without gradients; other calls run SDPA on the cache prefix up to ``max(kv_lens)``.
 
     Args:
-        q: ``(B, H, T, D)`` queries of the new tokens.
+        q: ``(B, H, T, D)`` queries of the new tokens; the cache's dtype, or float32 with a
+            bfloat16/float16 cache.
         k_cache: ``(B, H, L_max, D)`` cached keys (any strides).
         v_cache: ``(B, H, L_max, D)`` cached values.
         kv_lens: ``(B,)`` integer valid cache length per sequence, new tokens included.
@@ -254,7 +261,7 @@ def decode_attention(
         >>> out = decode_attention(q, k_cache, v_cache, kv_lens=torch.full((256,), 500))
     """
     name = "decode_attention"
-    _check_qkv(q, k_cache, v_cache, name)
+    _check_qkv(q, k_cache, v_cache, name, cache_dtype=True)
     B, _H, T, D = q.shape
     if kv_lens is None:
         raise ValueError(f"{name}: kv_lens is required (valid cache length per sequence)")

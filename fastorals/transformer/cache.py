@@ -6,6 +6,8 @@ from typing import Any, Optional, Union
 
 import torch
 
+from .._args import as_int, int_arg
+
 __all__ = ["WINDOW_POLICIES", "KVCache"]
 
 WINDOW_POLICIES = ("error", "reprefill", "shift")
@@ -77,16 +79,16 @@ class KVCache:
         window: str = "error",
         slide: Optional[int] = None,
     ) -> None:
-        for arg, val in (("batch", batch), ("layers", layers), ("heads", heads), ("head_dim", head_dim),
-                         ("max_len", max_len)):
-            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-                raise ValueError(f"KVCache: {arg} must be a positive int, got {val!r}")
+        batch, layers, heads, head_dim, max_len = (
+            int_arg(val, f"KVCache: {arg}") for arg, val in (("batch", batch), ("layers", layers), ("heads", heads),
+                                                              ("head_dim", head_dim), ("max_len", max_len)))
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"KVCache: dtype must be a floating point torch.dtype, got {dtype!r}")
         if window not in WINDOW_POLICIES:
             raise ValueError(f"KVCache: window must be one of {WINDOW_POLICIES}, got {window!r}")
         if slide is None:
             slide = max(1, max_len // 4)
+        slide = as_int(slide)
         if not isinstance(slide, int) or isinstance(slide, bool) or not 1 <= slide <= max_len:
             raise ValueError(f"KVCache: slide must be an int in [1, max_len={max_len}], got {slide!r}")
         device = torch.device(device) if device is not None else torch.device("cpu")
@@ -139,7 +141,8 @@ class KVCache:
         """Normalise a row selection (None = all, bool mask, indices, int) to an int64 index tensor."""
         if which is None:
             return torch.arange(self.batch, device=self.device)
-        t = torch.as_tensor(which, device=self.device)
+        empty = not isinstance(which, torch.Tensor) and hasattr(which, "__len__") and len(which) == 0
+        t = torch.as_tensor(which, device=self.device, dtype=torch.long if empty else None)  # [] selects no row
         if t.dtype == torch.bool:
             if t.shape != (self.batch,):
                 raise ValueError(f"KVCache: a boolean row mask must have shape ({self.batch},), got {tuple(t.shape)}")

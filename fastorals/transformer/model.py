@@ -9,6 +9,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from .._args import int_arg, real
 from .attention import DecodePlan, _check_lens, _decode_attention, _flash_attention
 from .cache import WINDOW_POLICIES, KVCache
 
@@ -61,31 +62,28 @@ class GPTConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        for arg in ("n_layer", "n_head", "n_embd", "block_size"):
-            val = getattr(self, arg)
-            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-                raise ValueError(f"GPTConfig: {arg} must be a positive int, got {val!r}")
+        for arg in ("n_layer", "n_head", "n_embd", "block_size"):  # NumPy integers become ints; bools fail
+            setattr(self, arg, int_arg(getattr(self, arg), f"GPTConfig: {arg}"))
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.vocab_size is not None and self.input_dim is not None:
             raise ValueError("GPTConfig: give vocab_size (token inputs) or input_dim (continuous inputs), not both")
-        for arg in ("vocab_size", "input_dim"):
+        for arg, least in (("vocab_size", 1), ("input_dim", 1), ("output_dim", 0)):
             val = getattr(self, arg)
-            if val is not None and (not isinstance(val, int) or val < 1):
-                raise ValueError(f"GPTConfig: {arg} must be a positive int or None, got {val!r}")
-        if self.output_dim is not None and (not isinstance(self.output_dim, int) or self.output_dim < 0):
-            raise ValueError(f"GPTConfig: output_dim must be a non-negative int or None, got {self.output_dim!r}")
+            if val is not None:
+                setattr(self, arg, int_arg(val, f"GPTConfig: {arg} (or None)", least))
         if self.pos not in POSITIONS:
             raise ValueError(f"GPTConfig: pos must be one of {POSITIONS}, got {self.pos!r}")
         if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError(f"GPTConfig: pos='rope' needs an even head dim, got n_embd/n_head = "
                              f"{self.n_embd // self.n_head}")
         for arg in ("dropout", "attn_dropout"):
-            val = float(getattr(self, arg))
-            if not 0.0 <= val < 1.0:
-                raise ValueError(f"GPTConfig: {arg} must be in [0, 1), got {val}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"GPTConfig: mlp_ratio must be > 0, got {self.mlp_ratio}")
+            val = real(getattr(self, arg))
+            if val is None or not 0.0 <= val < 1.0:
+                raise ValueError(f"GPTConfig: {arg} must be a number in [0, 1), got {getattr(self, arg)!r}")
+        ratio = real(self.mlp_ratio)
+        if ratio is None or not 0 < ratio < math.inf:
+            raise ValueError(f"GPTConfig: mlp_ratio must be a finite number > 0, got {self.mlp_ratio!r}")
         if self.tie_weights and (self.vocab_size is None or self.out_features != self.vocab_size):
             raise ValueError("GPTConfig: tie_weights needs token inputs (vocab_size) and output_dim == vocab_size")
 
@@ -288,19 +286,27 @@ class GPT(nn.Module):
             if x.dim() != 3 or x.shape[-1] != width or not x.dtype.is_floating_point:
                 raise ValueError(f"GPT.{name}: x must be (B, T, {width}) float features ({what}={width}), "
                                  f"got shape {tuple(x.shape)} dtype {x.dtype}")
+            want = self.ln_f.weight.dtype
+            if x.dtype != want:
+                raise TypeError(f"GPT.{name}: x has dtype {x.dtype}, the model's parameters {want}: "
+                                f"pass x.to({want}) or convert the model")
 
     def _embed(self, x: torch.Tensor, pos: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         if valid is not None and self.config.vocab_size is not None:
             x = x.masked_fill(~valid, 0)  # padded slots may hold any id
-        if self.config.vocab_size is not None and x.numel() and x.device.type != "cuda":  # no host sync on CUDA
-            lo, hi = (int(t) for t in torch.aminmax(x))  # one pass
-            if lo < 0 or hi >= self.config.vocab_size:
-                raise ValueError(f"GPT: token ids must be in [0, vocab_size={self.config.vocab_size}), "
-                                 f"got min {lo}, max {hi}")
+        if self.config.vocab_size is not None and x.device.type != "cuda":  # no host sync on CUDA
+            self._check_ids(x)
         h = self.embed(x)
         if self.pos_embed is not None:
             h = h + self.pos_embed(pos.clamp(0, self.config.block_size - 1))
         return h
+
+    def _check_ids(self, x: torch.Tensor) -> None:
+        if x.numel():
+            lo, hi = (int(t) for t in torch.aminmax(x))  # one pass
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(f"GPT: token ids must be in [0, vocab_size={self.config.vocab_size}), "
+                                 f"got min {lo}, max {hi}")
 
     def _rope_dtype(self) -> torch.dtype:
         return torch.float64 if self.ln_f.weight.dtype == torch.float64 else torch.float32
@@ -405,6 +411,9 @@ class GPT(nn.Module):
             n_new = new_lens
         else:
             n_new = torch.full((B,), T, dtype=torch.long, device=x.device)
+        if self.config.vocab_size is not None and x.device.type != "cuda":  # before any cache change
+            valid = None if new_lens is None else torch.arange(T, device=x.device).unsqueeze(0) < new_lens.unsqueeze(1)
+            self._check_ids(x if valid is None else x.masked_fill(~valid, 0))
         self._make_room(cache, n_new, x)
         if cache.window == "reprefill":
             self._store_inputs(cache, x, new_lens)
@@ -477,7 +486,7 @@ class GPT(nn.Module):
                 o = _flash_attention(q, k, v, True, blk.attn.scale, 0.0, ql, ql)
             else:
                 o = _decode_attention(q, cache.k[layer], cache.v[layer], kv_lens, ql, True, blk.attn.scale, plan)
-            h = h + blk.attn.proj(o.transpose(1, 2).reshape(n, T, -1))
+            h = h + blk.attn.proj(o.transpose(1, 2).reshape(n, T, o.shape[1] * o.shape[3]))  # T may be 0
             h = h + blk.mlp_eval(blk.ln2(h))
         cache.advance(n_new, rows)
         return self._head(h)

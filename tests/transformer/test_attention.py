@@ -294,3 +294,21 @@ def test_cpp_backend_refuses_what_it_cannot_run():
     with fastorals.use_backend("auto"):  # automatic choice falls back to SDPA
         out = decode_attention(q, k, v, torch.tensor([20, 17]))
     assert_close(out, R.attention(q, k, v, kv_lens=torch.tensor([20, 17])))
+
+
+def test_decode_attention_takes_float32_queries_with_a_half_cache():
+    from fastorals.transformer import decode_attention
+    from fastorals.transformer import reference as R
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 2, 2, 8, generator=g)
+    k, v = torch.randn(3, 2, 10, 8, generator=g), torch.randn(3, 2, 10, 8, generator=g)
+    kv_lens = torch.tensor([4, 10, 2])
+    for dtype in (torch.bfloat16, torch.float16):
+        kc, vc = k.to(dtype), v.to(dtype)
+        out = decode_attention(q, kc, vc, kv_lens)
+        want = R.attention(q.to(dtype).double(), kc.double(), vc.double(), causal=True, kv_lens=kv_lens)
+        assert out.dtype == torch.float32
+        assert torch.allclose(out.double(), want, atol=2e-2), (dtype, float((out.double() - want).abs().max()))
+    with pytest.raises(TypeError, match="float32 q with a bfloat16/float16 cache"):
+        decode_attention(q.double(), k.bfloat16(), v.bfloat16(), kv_lens)

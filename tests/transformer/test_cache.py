@@ -101,7 +101,7 @@ def test_state_dict_roundtrip_and_repr():
 
 
 def test_constructor_errors():
-    with assert_raises(ValueError, "batch", "positive int"):
+    with assert_raises(ValueError, "batch", "an int >= 1"):
         KVCache(0, 1, 1, 1, 1)
     with assert_raises(ValueError, "max_len"):
         KVCache(1, 1, 1, 1, 2.5)

@@ -311,3 +311,47 @@ def test_torch_compile_fullgraph_cpu():
     x = torch.randn(2, 16, 5)
     compiled = torch.compile(m, fullgraph=True)
     assert_close(compiled(x), m(x))
+
+
+def test_zero_length_chunks_and_empty_resets_are_no_ops():
+    torch.manual_seed(0)
+    m = _model("feat").eval()
+    cache = m.make_cache(3, 16)
+    x = torch.randn(3, 4, m.config.input_dim, dtype=torch.float64)
+    m.step(x, cache)
+    before = (cache.lens.clone(), cache.k.clone())
+    out = m.step(torch.randn(3, 0, m.config.input_dim, dtype=torch.float64), cache)
+    assert out.shape == (3, 0, m.config.output_dim)
+    cache.reset([])  # e.g. done.nonzero().flatten().tolist() on a step where nothing finished
+    cache.reset(torch.zeros(0, dtype=torch.long))
+    assert torch.equal(cache.lens, before[0]) and torch.equal(cache.k, before[1])
+
+
+def test_a_refused_step_leaves_the_cache_as_it_was():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=10, block_size=8)).eval()
+    cache = m.make_cache(2, 4, window="reprefill", slide=2)
+    m.step(torch.randint(0, 10, (2, 4)), cache)  # full: the next token would make room first
+    lens, k = cache.lens.clone(), cache.k.clone()
+    with assert_raises(ValueError, "token ids", "vocab_size=10"):
+        m.step(torch.full((2, 1), 12), cache)
+    assert torch.equal(cache.lens, lens) and torch.equal(cache.k, k)
+    ragged = torch.tensor([[3, 99], [4, 5]])  # id 99 sits in a padded slot of row 0: not a token
+    m.step(ragged, cache, new_lens=torch.tensor([1, 2]))
+
+
+def test_inputs_and_config_values_are_named():
+    import numpy as np
+
+    m = _model("feat")
+    with assert_raises(TypeError, "x", "float32", "float64"):  # a float64 model
+        m(torch.randn(2, 3, m.config.input_dim, dtype=torch.float32))
+    with assert_raises(ValueError, "vocab_size", "int"):
+        GPTConfig(vocab_size=True)
+    with assert_raises(ValueError, "dropout", "None"):
+        GPTConfig(dropout=None)
+    with assert_raises(ValueError, "mlp_ratio"):
+        GPTConfig(mlp_ratio=float("nan"))
+    cfg = GPTConfig(n_layer=np.int64(2), n_head=np.int32(2), n_embd=16, input_dim=np.int64(3))
+    assert type(cfg.n_layer) is int and type(cfg.input_dim) is int
+    assert KVCache(np.int64(2), 1, 1, 4, 8, slide=np.int64(2)).batch == 2
