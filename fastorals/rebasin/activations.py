@@ -267,6 +267,15 @@ def _rename(traced: PermutationSpec, spec: PermutationSpec, perms: Mapping[str, 
 # ----------------------------------------------------------------------------- STE
 
 
+def _labelled(batch: Any, dev: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """An ``(x, y)`` training batch on ``dev`` (x as floats), else ``ValueError`` naming ``loader``."""
+    if isinstance(batch, torch.Tensor) or not isinstance(batch, (tuple, list)) or len(batch) < 2 or not all(
+            isinstance(t, torch.Tensor) for t in batch[:2]):
+        raise ValueError("loader: STE needs (x, y) batches (inputs and labels for its loss), got "
+                         f"{type(batch).__name__}{' of shape ' + str(list(batch.shape)) if isinstance(batch, torch.Tensor) else ''}")
+    return _float_inputs(batch[0].to(dev), dtype), batch[1].to(dev)
+
+
 def ste_matching(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -336,7 +345,7 @@ def ste_matching(
         tot, cnt = 0.0, 0
         with torch.no_grad():
             for batch in batches:
-                x, y = _float_inputs(batch[0].to(dev), dtype), batch[1].to(dev)
+                x, y = _labelled(batch, dev, dtype)
                 tot += float(loss_fn(m(x), y)) * len(y)
                 cnt += len(y)
         return tot / max(cnt, 1)
@@ -362,7 +371,7 @@ def ste_matching(
         for batch in loader:
             if max_steps is not None and steps >= max_steps:
                 break
-            x, y = _float_inputs(batch[0].to(dev), dtype), batch[1].to(dev)
+            x, y = _labelled(batch, dev, dtype)
             cur = {n: theta[n].detach() for n in pnames}
             wm_a = dict(sd_a)
             wm_a.update(cur)

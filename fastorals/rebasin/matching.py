@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._args import int_arg
 from .lap import AssignmentDuals, linear_sum_assignment
-from .spec import PermutationSpec, apply_permutation, permute_tensor
+from .spec import PermutationSpec, _check_perm, apply_permutation, permute_tensor
 
 __all__ = ["MatchingResult", "weight_matching"]
 
@@ -242,11 +243,16 @@ def weight_matching(
     dev = torch.device(device) if device is not None else next(iter(a.values())).device
     names = [n for n in spec.axes_to_perm if a[n].is_floating_point() and a[n].numel() > 0
              and (include_buffers or n not in spec.buffers)]
+    max_iter = int_arg(max_iter, "max_iter", 0)
     dtype = torch.float32
     for n in names:
         dtype = torch.promote_types(dtype, torch.promote_types(a[n].dtype, b[n].dtype))
     a = {n: a[n].detach().to(dev, dtype) for n in names}
     b = {n: b[n].detach().to(dev, dtype) for n in names}  # no copy when already there: cache keys stay valid
+    for arg, params in (("params_a", a), ("params_b", b)):
+        bad = [n for n in names if not bool(torch.isfinite(params[n]).all())]
+        if bad:
+            raise ValueError(f"{arg}: tensor {bad[0]!r} has NaN or inf values; weight matching needs finite weights")
     perms: dict[str, torch.Tensor] = {}
     if init is None:
         perms = {p: torch.arange(n, device=dev) for p, n in sizes.items()}
@@ -254,10 +260,7 @@ def weight_matching(
         for p, n in sizes.items():
             if p not in init:
                 raise ValueError(f"init: permutation {p!r} is missing")
-            t = torch.as_tensor(init[p]).to(dev, torch.int64)
-            if t.shape != (n,) or not torch.equal(torch.sort(t).values, torch.arange(n, device=dev)):
-                raise ValueError(f"init[{p!r}]: expected a permutation of {n} elements")
-            perms[p] = t.clone()
+            perms[p] = _check_perm(p, init[p], n, "init").to(dev).clone()
     # the (tensor, axis) terms of every permutation
     terms: dict[str, list[_Term]] = {p: [] for p in sizes}
     for name in names:

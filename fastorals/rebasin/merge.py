@@ -126,9 +126,30 @@ def _channel_dim(module: nn.Module, out: torch.Tensor) -> int:
     return 1
 
 
-def _repair_points(model: nn.Module, spec: Optional[PermutationSpec]) -> list[tuple[str, nn.Module]]:
+@torch.no_grad()
+def _last_called(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], loader: Iterable[Any]) -> Optional[str]:
+    """The name of the layer among ``layers`` that one forward pass on the first batch runs last
+    (the output layer, whatever order the modules were registered in)."""
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: order.append(n)) for n, m in layers]
+    was = model.training
+    model.eval()
+    dev, dtype = _device_dtype(model)
+    try:
+        for batch in _batches(loader, 1):
+            model(_xy(batch, dev, dtype)[0])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return order[-1] if order else None
+
+
+def _repair_points(model: nn.Module, spec: Optional[PermutationSpec],
+                   loader: Optional[Iterable[Any]] = None) -> list[tuple[str, nn.Module]]:
     """Modules whose output channels are hidden units: normalization layers with an affine
-    weight, or (in models without them) Linear/Conv layers other than the output layer."""
+    weight, or (in models without them) Linear/Conv layers other than the output layer (the
+    one run last on a batch of ``loader``; without a loader, the last registered)."""
 
     def permuted(name: str) -> bool:
         if spec is None:
@@ -141,8 +162,10 @@ def _repair_points(model: nn.Module, spec: Optional[PermutationSpec]) -> list[tu
     if norms:
         return norms
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
-    if spec is None:
-        layers = layers[:-1]  # the last layer produces the outputs
+    if spec is None and layers:  # the layer run last produces the outputs
+        last = _last_called(model, layers, loader) if loader is not None else None
+        last = layers[-1][0] if last is None else last
+        layers = [(n, m) for n, m in layers if n != last]
     return [(n, m) for n, m in layers if permuted(n)]
 
 
@@ -208,7 +231,7 @@ def repair(model: nn.Module, model_a: nn.Module, model_b: nn.Module, loader: Ite
         ``model``.
     """
     reset_bn_stats(model, loader, num_batches)
-    points = _repair_points(model, spec)
+    points = _repair_points(model, spec, loader)
     names = [n for n, _ in points]
     mods_a = dict(model_a.named_modules())
     mods_b = dict(model_b.named_modules())

@@ -237,17 +237,30 @@ def invert_permutation(perms: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     """``inv[p][perm[p][i]] = i`` for every permutation."""
     out = {}
     for p, t in perms.items():
+        t = _check_perm(p, t, None)
         inv = torch.empty_like(t)
         inv[t] = torch.arange(len(t), device=t.device, dtype=t.dtype)
         out[p] = inv
     return out
 
 
-def _check_perm(p: str, t: torch.Tensor, n: int) -> None:
-    if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"perms[{p!r}]: expected a 1-D integer tensor, got {t!r}")
-    if len(t) != n:
-        raise ValueError(f"perms[{p!r}]: expected {n} entries, got {len(t)}")
+def _check_perm(p: str, t: Any, n: Optional[int], arg: str = "perms") -> torch.Tensor:
+    """``t`` (a tensor, array or list) as an int64 permutation of ``0..n-1`` (any length when
+    ``n`` is None), else ``ValueError`` naming ``arg[p]``."""
+    if not isinstance(t, torch.Tensor):
+        try:
+            t = torch.as_tensor(t)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{arg}[{p!r}]: expected a 1-D integer tensor, got {type(t).__name__}") from None
+    if t.dim() != 1 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise ValueError(f"{arg}[{p!r}]: expected a 1-D integer tensor, got {t!r}")
+    if n is not None and len(t) != n:
+        raise ValueError(f"{arg}[{p!r}]: expected {n} entries, got {len(t)}")
+    t = t.long()
+    if not torch.equal(torch.sort(t).values, torch.arange(len(t), device=t.device)):
+        raise ValueError(f"{arg}[{p!r}]: expected a permutation of 0..{len(t) - 1} (each index once), "
+                         f"got {t.tolist()[:16]}{' ...' if len(t) > 16 else ''}")
+    return t
 
 
 def permute_tensor(spec: PermutationSpec, name: str, w: torch.Tensor, perms: Mapping[str, torch.Tensor],
@@ -283,10 +296,11 @@ def apply_permutation(spec: PermutationSpec, params: Mapping[str, torch.Tensor],
         >>> model_b.load_state_dict(pi_b)
     """
     sizes = spec.perm_sizes(params)
+    checked: dict[str, torch.Tensor] = {}
     for p, n in sizes.items():
         if p not in perms:
             raise ValueError(f"perms: permutation {p!r} is missing")
-        _check_perm(p, perms[p], n)
+        checked[p] = _check_perm(p, perms[p], n)
     out: dict[str, torch.Tensor] = {}
     for name, w in params.items():
         if name not in spec.axes_to_perm:
@@ -294,7 +308,7 @@ def apply_permutation(spec: PermutationSpec, params: Mapping[str, torch.Tensor],
                 raise ValueError(f"params: tensor {name!r} is not in the spec (pass strict=False to copy it unchanged)")
             out[name] = w
             continue
-        out[name] = permute_tensor(spec, name, w, perms)
+        out[name] = permute_tensor(spec, name, w, checked)
     return out
 
 

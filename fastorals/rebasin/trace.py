@@ -208,6 +208,7 @@ _VIEWS = {
     "view", "_unsafe_view", "reshape", "view_copy", "_reshape_alias", "unflatten", "flatten", "squeeze",
     "unsqueeze", "view_as", "reshape_as", "squeeze_copy", "unsqueeze_copy", "_unsafe_view_copy",
 }
+_REORDERING = {"permute", "transpose", "swapaxes", "swapdims", "t", "expand", "as_strided"}
 _FACTORIES = {
     "empty", "zeros", "ones", "full", "empty_like", "zeros_like", "ones_like", "full_like", "new_empty",
     "new_zeros", "new_ones", "new_full", "scalar_tensor", "empty_strided", "new_empty_strided",
@@ -348,6 +349,11 @@ class _Analyzer:
             self.freeze_all(out, *self.tensor_args(node))
             return
         if name != base and isinstance(out, list) and out and isinstance(out[0], _Sym):
+            if base in _VIEWS or base in _REORDERING:
+                # an in-place view (transpose_, t_, squeeze_, ...) changes ``self``'s own shape: the
+                # rule related its old dims to ``out``; later readers of ``self`` see ``out``'s dims
+                self.vals[node.args[0]] = out
+                return
             self_d = self.dims(node.args[0])  # in-place: the result is ``self``
             if self_d is not None and len(self_d) == len(out):
                 for a, b in zip(self_d, out):
