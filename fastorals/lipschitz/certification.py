@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional, Union
 
@@ -97,6 +98,8 @@ def lipschitz_constant(module: nn.Module, input_shape: Sequence[int], *, points:
         if tuple(points.shape[1:]) != shape:
             raise ValueError(f"points: expected [P, {', '.join(map(str, shape))}], got {tuple(points.shape)}")
         xs += [p[None].double() for p in points]
+    if not xs:
+        raise ValueError("n_points: expected at least one point to measure at (n_points >= 1 or points)")
 
     best = 0.0
     ctx = worst_case_gates if gates == "open" else contextlib.nullcontext
@@ -104,14 +107,23 @@ def lipschitz_constant(module: nn.Module, input_shape: Sequence[int], *, points:
         for x in xs:
             x = x.to(device).requires_grad_(True)
             y = model(x)
+            _check_finite_outputs(y)
             if x.numel() <= exact_below and y.numel() <= exact_below:
                 eye = torch.eye(y.numel(), dtype=y.dtype, device=y.device).view(-1, *y.shape)
                 (jac,) = torch.autograd.grad(y, x, eye, is_grads_batched=True)
                 sigma = float(torch.linalg.matrix_norm(jac.reshape(y.numel(), -1), ord=2))
             else:
                 sigma = _power_iteration(x, y, n_iter, tol, g)
+            if not math.isfinite(sigma):  # max() would skip a NaN and report a smaller constant
+                raise ValueError(f"module: its Jacobian has non-finite entries at a measuring point (sigma {sigma})")
             best = max(best, sigma)
     return best
+
+
+def _check_finite_outputs(y: torch.Tensor) -> None:
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("module: produced NaN or inf outputs (in float64) at a measuring point; "
+                         "its Lipschitz constant cannot be measured there")
 
 
 def _power_iteration(x: torch.Tensor, y: torch.Tensor, n_iter: int, tol: float, g: torch.Generator) -> float:
@@ -161,7 +173,10 @@ def random_pair_ratio(module: nn.Module, input_shape: Sequence[int], *, n_pairs:
             x = torch.randn((n_pairs, *shape), generator=g, dtype=torch.float64).to(device)
             delta = torch.randn((n_pairs, *shape), generator=g, dtype=torch.float64).to(device)
             delta = delta / delta.flatten(1).norm(dim=1).view(-1, *([1] * len(shape))) * d
-            num = (model(x + delta) - model(x)).flatten(1).norm(dim=1)
+            fx, fxd = model(x), model(x + delta)
+            _check_finite_outputs(fx)
+            _check_finite_outputs(fxd)
+            num = (fxd - fx).flatten(1).norm(dim=1)
             worst = max(worst, float((num / d).max()))
     return worst
 
@@ -251,7 +266,8 @@ def certified_accuracy(model: nn.Module, data: Any, eps_list: Sequence[float], *
         data: an iterable of (x, y) batches, a ``(x, y)`` pair of tensors, or an ImageDataset.
         eps_list: l2 radii in input units (e.g. ``[36/255, 72/255, 108/255, 1.0]``).
         rule: "global" (``sqrt(2) L`` margin rule), "lln" (per-pair rule with the model's last
-            ``LinearNormalized``), or "auto" ("lln" when the model has one).
+            ``LinearNormalized``, which must produce the logits: checked on every batch), or
+            "auto" ("lln" when the model has one).
         lipschitz: L of the whole network (global) or of the part before the head (lln).
         batch_size: for tensor / dataset inputs.
         device: where to run (default: the model's).
@@ -268,18 +284,36 @@ def certified_accuracy(model: nn.Module, data: Any, eps_list: Sequence[float], *
     if rule == "lln" and head is None:
         raise ValueError("rule: 'lln' needs a LinearNormalized last layer in the model")
     use_head = head if rule in ("lln", "auto") else None
+    if rule == "global" and head is not None and lipschitz == 1.0:
+        warnings.warn("certified_accuracy: rule='global' with lipschitz=1 on a model with a LinearNormalized "
+                      "head, whose rows have unit norm but whose Lipschitz constant can reach sqrt(num_classes): "
+                      "pass the whole network's L, or use rule='lln'", UserWarning, stacklevel=2)
+    head_out: list[torch.Tensor] = []
+    hook = use_head.register_forward_hook(lambda m, i, o: head_out.append(o)) if use_head is not None else None
     was = model.training
     model.eval()
     dev = device or next(iter(model.parameters()), torch.empty(0)).device
     radii, correct = [], []
-    for x, y in _batches(data, batch_size):
-        x = x.to(dev)
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
-        y = y.to(dev).long()
-        logits = model(x)
-        radii.append(certified_radius(logits, y, lipschitz=lipschitz, head=use_head).cpu())
-        correct.append((logits.argmax(1) == y).cpu())
-    model.train(was)
+    try:
+        for x, y in _batches(data, batch_size):
+            x = x.to(dev)
+            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
+            y = y.to(dev).long()
+            head_out.clear()
+            logits = model(x)
+            if use_head is not None and not (len(head_out) == 1 and head_out[0].shape == logits.shape
+                                             and torch.equal(head_out[0], logits)):
+                # the per-pair rule bounds the head's own outputs: layers after it (a scale, a
+                # second head) would make its radii unsound
+                raise ValueError(f"rule={rule!r}: the model's last LinearNormalized does not produce its logits "
+                                 "(a layer follows it, or it runs more than once); pass rule='global' with the "
+                                 "whole network's Lipschitz constant")
+            radii.append(certified_radius(logits, y, lipschitz=lipschitz, head=use_head).cpu())
+            correct.append((logits.argmax(1) == y).cpu())
+    finally:
+        if hook is not None:
+            hook.remove()
+        model.train(was)
     r = torch.cat(radii) if radii else torch.zeros(0)
     c = torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
     n = int(r.numel())

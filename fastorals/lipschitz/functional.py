@@ -115,16 +115,12 @@ def _check_conv(x: torch.Tensor, kernel: torch.Tensor, bias: Optional[torch.Tens
                 vec_name: str, stride: int, residual: bool = True) -> None:
     _check_float("x", x)
     _check_same("weight", kernel, x)
-    if kernel.dim() != 4:
-        raise ValueError(f"weight: expected a kernel [out, in, k, k], got shape {tuple(kernel.shape)}")
-    kh, kw = kernel.shape[-2:]
-    if kh % 2 == 0 or kw % 2 == 0:
-        raise ValueError(f"kernel_size: expected an odd kernel size ('same' padding), got {kh}x{kw}")
+    _check_kernel(kernel)
     if x.dim() != 4:
         raise ValueError(f"x: expected a 4-d batch [N, C, H, W], got shape {tuple(x.shape)}")
     if x.shape[1] != kernel.shape[1]:
         raise ValueError(f"x: expected {kernel.shape[1]} channels (weight.shape[1]), got {x.shape[1]} channels")
-    if not isinstance(stride, int) or stride < 1:
+    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
         raise ValueError(f"stride: expected a positive int, got {stride!r}")
     m = kernel.shape[0]
     if bias is not None:
@@ -135,6 +131,14 @@ def _check_conv(x: torch.Tensor, kernel: torch.Tensor, bias: Optional[torch.Tens
         _check_same(vec_name, vec, x)
         if vec.shape != (m,):
             raise ValueError(f"{vec_name}: expected shape ({m},), got {tuple(vec.shape)}")
+
+
+def _check_kernel(kernel: torch.Tensor) -> None:
+    if not isinstance(kernel, torch.Tensor) or kernel.dim() != 4:
+        raise ValueError(f"weight: expected a kernel [out, in, k, k], got {getattr(kernel, 'shape', kernel)!r}")
+    kh, kw = kernel.shape[-2:]
+    if kh % 2 == 0 or kw % 2 == 0 or kh != kw:  # the padding k // 2 is taken from the last axis
+        raise ValueError(f"kernel_size: expected a square, odd kernel k x k ('same' padding), got {kh}x{kw}")
 
 
 def _backend(op: str, device: torch.device, implemented=_DENSE_IMPL, dtype: Optional[torch.dtype] = None) -> str:
@@ -233,8 +237,17 @@ def cpl_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     """
     _check_dense(x, weight, bias, None, "")
     backend = _backend("lipschitz.cpl_linear", x.device, dtype=x.dtype)
-    scale = (2.0 / sigma.reshape(()) ** 2).expand(weight.shape[0])
+    scale = cpl_scale(sigma, weight.shape[0])
     return _residual_dense(x, weight, bias, scale, backend)
+
+
+def cpl_scale(sigma: torch.Tensor, n: int) -> torch.Tensor:
+    """CPL's ``2 / sigma^2`` as [n] (``sigma = 0``, all-zero weights, gives 0: the layer is then
+    the identity, as ``W = 0`` makes it), with finite gradients at 0."""
+    s = sigma.reshape(())
+    pos = s > 0
+    den = torch.where(pos, s, torch.ones_like(s))
+    return torch.where(pos, 2.0 / (den * den), torch.zeros_like(s)).expand(n)
 
 
 def aol_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -289,6 +302,7 @@ def sll_conv_t(kernel: torch.Tensor, q: torch.Tensor, stride: int = 1) -> torch.
     Returns:
         t [m].
     """
+    _check_kernel(kernel)
     return ref.sll_conv_t(kernel, q, stride)
 
 
@@ -344,12 +358,13 @@ def cpl_conv2d(x: torch.Tensor, kernel: torch.Tensor, bias: Optional[torch.Tenso
     """
     _check_conv(x, kernel, bias, None, "", stride)
     backend = _backend("lipschitz.cpl_conv2d", x.device, _CONV_IMPL)
-    scale = (2.0 / sigma.reshape(()) ** 2).expand(kernel.shape[0])
+    scale = cpl_scale(sigma, kernel.shape[0])
     return _residual_conv(x, kernel, bias, scale, stride, backend)
 
 
 def aol_conv_scale(kernel: torch.Tensor) -> torch.Tensor:
     """AOL input-channel scaling of a kernel [out, in, k, k] (see :func:`reference.aol_conv_scale`)."""
+    _check_kernel(kernel)
     return ref.aol_conv_scale(kernel)
 
 

@@ -68,11 +68,15 @@ class _Cached(nn.Module):
         return tuple((p._version, p.data_ptr(), p.dtype, p.device, tuple(p.shape)) for p in self.parameters()) + extra
 
     def _cached(self, compute, *extra: Any):
+        if torch._C._are_functorch_transforms_active():  # jacrev/jvp/...: values would be wrapped for this level
+            with torch.no_grad():
+                return compute()
         key = self._key(*extra)
         cache = self.__dict__.get("_eval_cache")
         if cache is not None and cache[0] == key:
             return cache[1]
-        with torch.no_grad():
+        # a normal tensor even under inference_mode: a later autograd pass (an attack) may save it
+        with torch.inference_mode(False), torch.no_grad():
             value = compute()
         self.__dict__["_eval_cache"] = (key, value)
         return value
@@ -475,13 +479,13 @@ class CPLLinear(_Cached):
             shape = x.shape
             x2 = x.reshape(-1, shape[-1])
             z = LF._gate(F.linear(x2, w, b))
-            return torch.addmm(x2, z, w * (2.0 / sigma**2), alpha=-1).reshape(shape)
+            return torch.addmm(x2, z, w * LF.cpl_scale(sigma, 1), alpha=-1).reshape(shape)
         return LF.cpl_linear(x, self.weight, self.bias, self.sigma())
 
     @torch.no_grad()
     def export(self) -> ResidualExport:
         sigma = dense_operator_norm(self.weight)
-        return _export_dense(self.weight, self.bias, (2.0 / sigma**2).expand(self.inner_features))
+        return _export_dense(self.weight, self.bias, LF.cpl_scale(sigma, self.inner_features))
 
     def extra_repr(self) -> str:
         return (f"features={self.features}, inner_features={self.inner_features}, bias={self.bias is not None}, "
@@ -575,7 +579,7 @@ class CPLConv2d(_Cached):
             sigma = self._cached(lambda: self.sigma(size), size, self.eval_norm)
             w = self.weight.detach()
             b = self.bias.detach() if self.bias is not None else None
-            scale = (2.0 / sigma**2).to(x.dtype).expand(self.inner_channels)
+            scale = LF.cpl_scale(sigma, self.inner_channels).to(x.dtype)
             return LF._residual_conv(x, w, b, scale, self.stride, "reference")
         return LF.cpl_conv2d(x, self.weight, self.bias, self.sigma(size), self.stride)
 
@@ -586,7 +590,7 @@ class CPLConv2d(_Cached):
         self.eval()
         sigma = self.sigma(tuple(input_size))
         self.train(was)
-        return _export_conv(self.weight, self.bias, (2.0 / sigma**2).expand(self.inner_channels), self.stride,
+        return _export_conv(self.weight, self.bias, LF.cpl_scale(sigma, self.inner_channels), self.stride,
                             tuple(input_size))
 
     def extra_repr(self) -> str:

@@ -73,9 +73,17 @@ def power_iteration_dense(weight: torch.Tensor, u: torch.Tensor, iters: int = 1)
     """``iters`` power-iteration steps on ``W^T W`` from ``u`` [n] (no grad); returns the new unit u."""
     with torch.no_grad():
         for _ in range(iters):
-            v = F.normalize(weight @ u, dim=0)
-            u = F.normalize(weight.T @ v, dim=0)
+            v = _normalized(weight @ u, None)
+            u = _normalized(weight.T @ v, u)
     return u
+
+
+def _normalized(x: torch.Tensor, fallback: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x / ||x||`` for any nonzero norm (F.normalize's eps of 1e-12 would shrink vectors of
+    tiny weights at every step and underestimate sigma); a zero ``x`` gives ``fallback`` (or 0)."""
+    n = torch.linalg.vector_norm(x)
+    keep = torch.zeros_like(x) if fallback is None else fallback
+    return torch.where(n > 0, x / n.clamp_min(torch.finfo(x.dtype).tiny), keep)
 
 
 def power_iteration_conv(kernel: torch.Tensor, u: torch.Tensor, stride: int = 1, iters: int = 1) -> torch.Tensor:
