@@ -353,9 +353,13 @@ class CurriculumAugment:
         return pool
 
     def _log_prior(self, pool: ClassPool) -> torch.Tensor:
-        counts = self.class_counts if self.class_counts is not None else pool.counts.to(torch.float64)
+        given = self.class_counts is not None
+        counts = self.class_counts if given else pool.counts.to(torch.float64)
         if bool((counts <= 0).any()):
-            raise ValueError("class_counts: logit adjustment needs a positive count for every class")
+            empty = (counts <= 0).nonzero().flatten().tolist()
+            where = "class_counts" if given else "images_by_class (the counts come from the pool)"
+            raise ValueError(f"{where}: logit adjustment needs a positive count for every class; "
+                             f"classes {empty[:8]} have none")
         return torch.log(counts / counts.sum())
 
     def update(

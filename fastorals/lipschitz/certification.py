@@ -222,6 +222,9 @@ def certified_radius(logits: torch.Tensor, labels: torch.Tensor, *, lipschitz: f
     if head is None:
         denom = torch.full_like(margins, math.sqrt(2.0) * lipschitz)
     else:
+        if not isinstance(head, (LinearNormalized, torch.Tensor)):
+            raise TypeError(f"head: expected None, a LinearNormalized or a [K, d] weight with unit rows, "
+                            f"got {type(head).__name__} (a plain Linear has no per-pair bound: use head=None)")
         w = head.normalized_weight() if isinstance(head, LinearNormalized) else head
         w = w.detach().to(logits.dtype)
         if w.dim() != 2 or w.shape[0] != k:

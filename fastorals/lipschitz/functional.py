@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -231,20 +231,32 @@ def cpl_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         x: [..., n].
         weight: W [m, n].
         bias: [m] or None.
-        sigma: scalar tensor, an upper bound of the spectral norm of W.
+        sigma: scalar tensor (or number), an upper bound of the spectral norm of W.
     Returns:
         [..., n].
     """
     _check_dense(x, weight, bias, None, "")
     backend = _backend("lipschitz.cpl_linear", x.device, dtype=x.dtype)
-    scale = cpl_scale(sigma, weight.shape[0])
+    scale = cpl_scale(_sigma(sigma, weight), weight.shape[0])
     return _residual_dense(x, weight, bias, scale, backend)
+
+
+def _sigma(sigma: Any, weight: torch.Tensor) -> torch.Tensor:
+    """A Python number as a tensor beside ``weight``; tensors pass through."""
+    if isinstance(sigma, torch.Tensor):
+        return sigma
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+        raise TypeError(f"sigma: expected a scalar tensor or number, got {type(sigma).__name__}")
+    return torch.tensor(float(sigma), dtype=weight.dtype, device=weight.device)
 
 
 def cpl_scale(sigma: torch.Tensor, n: int) -> torch.Tensor:
     """CPL's ``2 / sigma^2`` as [n] (``sigma = 0``, all-zero weights, gives 0: the layer is then
     the identity, as ``W = 0`` makes it), with finite gradients at 0."""
-    s = sigma.reshape(())
+    s = sigma
+    if s.numel() != 1:
+        raise ValueError(f"sigma: expected a scalar (the operator norm bound), got shape {tuple(s.shape)}")
+    s = s.reshape(())
     pos = s > 0
     den = torch.where(pos, s, torch.ones_like(s))
     return torch.where(pos, 2.0 / (den * den), torch.zeros_like(s)).expand(n)
@@ -351,14 +363,14 @@ def cpl_conv2d(x: torch.Tensor, kernel: torch.Tensor, bias: Optional[torch.Tenso
         x: [N, c, H, W].
         kernel: K [m, c, k, k].
         bias: [m] or None.
-        sigma: scalar tensor, an upper bound of the operator norm of ``conv2d(., K)``.
+        sigma: scalar tensor (or number), an upper bound of the operator norm of ``conv2d(., K)``.
         stride: positive int.
     Returns:
         [N, c, H, W].
     """
     _check_conv(x, kernel, bias, None, "", stride)
     backend = _backend("lipschitz.cpl_conv2d", x.device, _CONV_IMPL)
-    scale = cpl_scale(sigma, kernel.shape[0])
+    scale = cpl_scale(_sigma(sigma, kernel), kernel.shape[0])
     return _residual_conv(x, kernel, bias, scale, stride, backend)
 
 

@@ -154,8 +154,10 @@ def export_model(model: nn.Module, input_size: Optional[tuple[int, ...]] = None)
     """A copy of ``model`` in eval mode with every fastorals layer replaced by plain torch layers.
 
     SLL/CPL layers become ``x + ConvTranspose/Linear(ReLU(Conv/Linear(x)))`` blocks, AOL layers
-    and ``LinearNormalized`` plain ``Conv2d`` / ``Linear``. The result runs without fastorals
-    (``torch.onnx.export``, ``torch.export``).
+    and ``LinearNormalized`` plain ``Conv2d`` / ``Linear``. The result is made of plain torch
+    ops (``torch.onnx.export``, ``torch.export`` work on it); containers such as
+    ``SLLNetwork`` and parameter-free helpers (``MeanShift``, ``PaddingChannels``,
+    ``LipschitzAvgPool2d``) keep their classes, so unpickling it still imports fastorals.
 
     Args:
         model: any module tree.

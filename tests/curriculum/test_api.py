@@ -425,3 +425,11 @@ def test_plan_building_blocks_check_their_arguments():
             lol.lol_decision(torch.tensor([1, 0, 2, 0]), correct, trials, rate, 10)
     with assert_raises(ValueError, "correct, trials"):
         lol.lol_decision(torch.tensor([1, 0, 2, 0]), correct, trials, 0.6, 5)
+
+
+def test_logit_adjustment_names_the_empty_class_and_where_its_count_came_from():
+    pool = tiny_pool(per_class=(3, 0, 2, 2))
+    with assert_raises(ValueError, "images_by_class", "[1]"):
+        cu.CurriculumAugment(4, logit_adjustment=1.0).update(PixelMLP(192, 4), pool)
+    with assert_raises(ValueError, "class_counts", "[3]"):
+        cu.CurriculumAugment(4, logit_adjustment=1.0, class_counts=[3, 1, 1, 0]).update(PixelMLP(192, 4), pool)

@@ -110,3 +110,12 @@ def test_kernels_must_be_square_and_odd():
             LF.sll_conv_t(k, torch.zeros(2))
     with assert_raises(ValueError, "stride"):
         LF.aol_conv2d(x, torch.randn(2, 2, 3, 3), None, stride=True)
+
+
+def test_small_arguments_are_named():
+    x, w = torch.randn(2, 4), torch.randn(3, 4)
+    assert torch.allclose(LF.cpl_linear(x, w, None, 2.0), LF.cpl_linear(x, w, None, torch.tensor(2.0)))
+    with assert_raises(ValueError, "sigma", "scalar"):
+        LF.cpl_linear(x, w, None, torch.ones(2))
+    with assert_raises(TypeError, "head", "Linear"):
+        L.certified_radius(torch.randn(3, 4), torch.tensor([0, 1, 2]), head=nn.Linear(2, 4))
