@@ -416,6 +416,12 @@ class KMeansDiscretizer(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         c = state_dict.get(prefix + "centers")
         if c is not None and c.shape != self.centers.shape:  # loading into an unfitted discretizer
+            if c.dim() != 2 or c.shape[0] != self.num_bins:
+                raise ValueError(f"state_dict: {prefix}centers has shape {tuple(c.shape)}, this discretizer has "
+                                 f"num_bins={self.num_bins} (expected ({self.num_bins}, A))")
+            if self.action_dim is not None and c.shape[1] != self.action_dim:
+                raise ValueError(f"state_dict: {prefix}centers has action dim {c.shape[1]}, this discretizer "
+                                 f"has action_dim={self.action_dim}")
             self.centers = torch.empty_like(c, device=self.centers.device)
             self.action_dim = c.shape[1]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -181,7 +181,7 @@ def sample_actions(
         u = torch.rand(zf.shape, dtype=zf.dtype, device=z.device, generator=generator)
         tiny = torch.finfo(zf.dtype).tiny
         gumbel = -torch.log((-torch.log(u.clamp_min(tiny))).clamp_min(tiny))
-        bins = (zf / temperature + gumbel).argmax(-1)
+        bins = (zf + temperature * gumbel).argmax(-1)  # = argmax(z / T + g); no overflow for tiny T
     o = offsets.reshape(-1, K, A)
     rows = torch.arange(o.shape[0], device=o.device)
     actions = centers.to(o.dtype)[bins] + o[rows, bins]

@@ -222,6 +222,7 @@ class BehaviorTransformer(nn.Module):
     def act(self, obs: torch.Tensor, goal: Optional[torch.Tensor] = None, temperature: float = 1.0,
             generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Sample the action of the last step of each window: ``(B, A)``."""
+        self.discretizer._require_fit()  # unfitted bins are all zero: every action would be an offset
         logits, offsets = self(obs, goal)
         actions, _ = sample_actions(logits[:, -1], offsets[:, -1], self.discretizer.centers, temperature, generator)
         return actions

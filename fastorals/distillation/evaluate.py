@@ -83,7 +83,7 @@ def sample_actions(logits: torch.Tensor, temperature: float, generator: Optional
         return logits.argmax(-1)
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
     gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0 - 1e-7)))
-    return (logits.float() / temperature + gumbel).argmax(-1)
+    return (logits.float() + temperature * gumbel).argmax(-1)  # = argmax(z / T + g); no overflow for tiny T
 
 
 class _Window:

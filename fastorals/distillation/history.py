@@ -356,7 +356,11 @@ def collect_learning_histories(
     if task_ids is None:
         if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
             raise ValueError(f"collect_learning_histories: num_tasks must be a positive int, got {num_tasks!r}")
-        tasks = _balanced_tasks(env.task_split(split), num_tasks, g)
+        ids = env.task_split(split)
+        if ids.numel() == 0:
+            raise ValueError(f"collect_learning_histories: split {split!r} of {type(env).__name__} is empty "
+                             "(no task ids; check test_fraction)")
+        tasks = _balanced_tasks(ids, num_tasks, g)
     else:
         tasks = torch.as_tensor(task_ids).reshape(-1)
         if tasks.numel() == 0:

@@ -173,15 +173,22 @@ def train_ad(
                      ("checkpoint_every", checkpoint_every)):
         if isinstance(val, bool) or not isinstance(val, int) or val < (0 if arg == "steps" else 1):
             raise ValueError(f"train_ad: {arg} must be a {'non-negative' if arg == 'steps' else 'positive'} int, got {val!r}")
-    if not lr > 0:
-        raise ValueError(f"train_ad: lr must be > 0, got {lr}")
+    if not 0 < lr < math.inf:
+        raise ValueError(f"train_ad: lr must be a finite number > 0, got {lr}")
+    if not 0 <= min_lr_ratio <= 1:
+        raise ValueError(f"train_ad: min_lr_ratio must be in [0, 1] (the final lr is min_lr_ratio * lr), "
+                         f"got {min_lr_ratio}")
+    if histories.num_histories == 0:
+        raise ValueError("train_ad: histories is empty (no learning histories to train on)")
     if until is not None and (isinstance(until, bool) or not isinstance(until, int) or not 0 <= until <= steps):
         raise ValueError(f"train_ad: until must be an int in [0, steps={steps}], got {until!r}")
     stop = steps if until is None else until
     rank, world = _dist()
     device = next(model.parameters()).device
     amp = device.type == "cuda" if amp is None else bool(amp)
-    warmup = min(500, steps // 10) if warmup is None else int(warmup)
+    if warmup is not None and (isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0):
+        raise ValueError(f"train_ad: warmup must be an int >= 0 or None, got {warmup!r}")
+    warmup = min(500, steps // 10) if warmup is None else warmup
     streams = _Streams(histories, device)
 
     decay, no_decay = [], []

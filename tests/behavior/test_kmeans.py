@@ -373,3 +373,12 @@ def test_bounded_passes_give_the_same_result(monkeypatch, dtype):
     plain = lab2.clone()
     bops.lloyd_pass_cpp(x, c2, plain, False, 2.0**-24)
     assert torch.equal(lab, plain) and torch.equal(lab, reference.assign_reference(x, c2)[0])
+
+
+def test_state_of_another_bin_count_is_refused():
+    two = KMeansDiscretizer(2).fit(torch.randn(20, 2))
+    with pytest.raises(ValueError, match="num_bins=3"):
+        KMeansDiscretizer(3).load_state_dict(two.state_dict())
+    fresh = KMeansDiscretizer(2)
+    fresh.load_state_dict(two.state_dict())  # an unfitted discretizer of the same size takes it
+    assert torch.equal(fresh.centers, two.centers)

@@ -165,3 +165,15 @@ def test_without_extension_uses_torch_paths():
     env = dict(os.environ, FASTORALS_NO_EXT="1")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
+def test_act_before_prepare_and_tiny_temperatures():
+    from fastorals.behavior import sample_actions
+
+    with assert_raises(RuntimeError, "fit"):
+        _tiny().act(torch.zeros(1, 3, 5))  # the bins are not fitted yet
+    logits = torch.tensor([[5.0, 6.0], [-6.0, -5.0]])
+    centers = torch.tensor([[0.0], [1.0]])
+    for t in (1e-39, 1e-30, 1e-12):  # logits / T would overflow: the argmax must still win
+        _, bins = sample_actions(logits, torch.zeros(2, 2, 1), centers, t, torch.Generator().manual_seed(0))
+        assert bins.tolist() == [1, 1], t

@@ -194,3 +194,31 @@ def test_train_under_ddp_two_gloo_processes(tmp_path):
     back = load_ad_checkpoint(tmp_path / "ck.pt")
     for a, b in zip(back.parameters(), r0["params"]):
         assert torch.equal(a.detach(), b)
+
+
+def test_token_ranges_and_training_settings_are_named():
+    m = _tiny()
+    B, T = 2, 4
+    obs = torch.zeros(B, T, 2, dtype=torch.long)
+    pa, pr, pd = torch.zeros(B, T, dtype=torch.long), torch.zeros(B, T), torch.zeros(B, T, dtype=torch.bool)
+    m(obs, pa, pr, pd)
+    bad_obs = obs.clone()
+    bad_obs[0, 0, 0] = 9  # obs_nvec[0] = 9: would read the second component's embedding rows
+    with assert_raises(ValueError, "obs[..., 0]", "obs_nvec[0]=9"):
+        m(bad_obs, pa, pr, pd)
+    with assert_raises(ValueError, "prev_actions", "num_actions=5"):
+        m(obs, pa + 6, pr, pd)
+    with assert_raises(TypeError, "prev_actions"):
+        m(obs, pa.float() + 0.5, pr, pd)
+    with assert_raises(TypeError, "prev_dones"):
+        m(obs, pa, pr, pd.float() * 0.7)
+    env = DarkRoom(2, test_fraction=0.0, seed=0)
+    with assert_raises(ValueError, "split 'test'", "empty"):
+        collect_learning_histories(env, RandomPolicy(), num_tasks=2, num_episodes=1, split="test", progress=False)
+    hist = collect_learning_histories(DarkRoom(4, seed=0), RandomPolicy(), num_tasks=4, num_episodes=3,
+                                      progress=False)
+    small = _tiny(context=20)
+    for kw, word in ((dict(lr=float("inf")), "lr"), (dict(min_lr_ratio=-1.0), "min_lr_ratio"),
+                     (dict(warmup=-5), "warmup")):
+        with assert_raises(ValueError, word):
+            train_ad(small, hist, steps=1, batch_size=2, progress=False, **kw)
