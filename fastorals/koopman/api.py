@@ -7,6 +7,7 @@ sequence are ``phi = z @ V`` and ``z = Re(phi @ V^-1)``.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -330,6 +331,8 @@ def eigenvalue_loss(
         raise TypeError(f"eigvals: expected a complex tensor, got {getattr(eigvals, 'dtype', type(eigvals))}")
     if eigvals.dim() < 1 or eigvals.shape[-1] < 1:
         raise ValueError(f"eigvals: expected shape (..., k) with k >= 1, got {tuple(eigvals.shape)}")
+    if eigvals.dtype == torch.complex32:  # no kernel reads half complex: computed in complex64 (loss float32)
+        eigvals = eigvals.to(torch.complex64)
     if check_finite and not bool(torch.isfinite(torch.view_as_real(eigvals.detach())).all()):
         raise ValueError("eigvals: contains non-finite values (NaN or inf)")
     _check_num_static(num_static)
@@ -338,7 +341,7 @@ def eigenvalue_loss(
         raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
     for name, v in (("dynamic_threshold", dynamic_threshold), ("ball_radius", ball_radius),
                     ("eigs_threshold", eigs_threshold)):
-        if not isinstance(v, (int, float)) or v != v:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ValueError(f"{name}: expected a finite number, got {v!r}")
     s, d, mask, comp, ns = _terms(eigvals, num_static, sm, dm, dynamic_threshold, ball_radius, eigs_threshold)
     loss = _reduce(s + d, reduction)
@@ -591,10 +594,14 @@ def koopman_decompose(C: torch.Tensor, num_static: int = 7, criterion: str = "ba
         raise ValueError(f"C: expected one (k, k) matrix, got shape {tuple(C.shape)}")
     C = C.detach()
     lam, V = torch.linalg.eig(C)
-    V_inv = torch.linalg.inv(V)
-    split = static_dynamic_split(lam, num_static, criterion)
     s = torch.linalg.svdvals(V)
     cond = float(s.max() / s.min()) if float(s.min()) > 0 else float("inf")
+    V_inv, info = torch.linalg.inv_ex(V)
+    if int(info) != 0 or not math.isfinite(cond) or not bool(torch.isfinite(torch.view_as_real(V_inv)).all()):
+        raise ValueError(f"C: is defective (its eigenvectors do not span the latent space; condition of V = {cond:g}), "
+                         "so it has no eigendecomposition to split; latents with constant or duplicated channels "
+                         "give such a C: fit it on a larger or more varied batch, or add ridge to fit_koopman")
+    split = static_dynamic_split(lam, num_static, criterion)
     return KoopmanDecomposition(C, lam, V, V_inv, split.static_mask, split.components, {}, cond)
 
 

@@ -210,6 +210,10 @@ class StructuredKoopmanAE(nn.Module):
             raise ValueError(f"{name}: expected shape (B, T, {', '.join(map(str, self.frame_shape))}), got {tuple(x.shape)}")
         if x.shape[1] < 2:
             raise ValueError(f"{name}: sequences must have at least 2 frames (T >= 2), got {tuple(x.shape)}")
+        if x.device.type != "cuda" and not bool(torch.isfinite(x).all()):
+            # checked before the encoder: in training mode its BatchNorm would store NaN statistics
+            # and every later call would fail, on clean frames too
+            raise ValueError(f"{name}: frames contain NaN or inf values")
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) frames -> (B, T, k) latents."""

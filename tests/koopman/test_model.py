@@ -192,3 +192,33 @@ def test_augment_keeps_range():
     x = sprites.render(sprites.all_labels()[:4], size=16)
     y = _augment(x, torch.Generator().manual_seed(0))
     assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+
+
+def test_nan_frames_are_refused_before_the_encoder_and_defective_c_is_named():
+    torch.manual_seed(0)
+    m = StructuredKoopmanAE(k=6, hidden=16, num_static=2, frame_size=(8, 8)).train()
+    x = torch.rand(2, 3, 3, 8, 8)
+    bad = x.clone()
+    bad[0, 1, 0, 0, 0] = float("nan")
+    with assert_raises(ValueError, "x", "NaN"):
+        m(bad)
+    assert all(torch.isfinite(b).all() for b in m.buffers() if b.is_floating_point())  # BatchNorm untouched
+    m.eval()
+    m(x)  # clean frames still work
+    with assert_raises(ValueError, "C", "defective"):
+        koopman_decompose(torch.diag(torch.ones(2), 1), 1)  # a Jordan block: one eigenvector
+
+
+def test_complex_half_eigenvalues_are_computed_in_complex64():
+    from fastorals.koopman import eigenvalue_loss
+
+    g = torch.Generator().manual_seed(0)
+    C = torch.randn(6, 6, generator=g)
+    ev = torch.linalg.eigvals(C)
+    want = eigenvalue_loss(ev.to(torch.complex32).to(torch.complex64), 2)
+    for backend in ("cpp", "torch", "reference"):
+        with fastorals.use_backend(backend):
+            got = eigenvalue_loss(ev.to(torch.complex32), 2)
+        assert torch.allclose(got, want, atol=1e-5), (backend, float(got), float(want))
+    with assert_raises(ValueError, "dynamic_threshold", "finite"):
+        eigenvalue_loss(ev, 2, dynamic_threshold=float("inf"))
