@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from .._ext import select_backend
+from .._ext import select_backend, use_backend
 from . import ops, reference
 from .grid import LabelGrid, RangeLike
 
@@ -56,7 +56,9 @@ def _check_labels(labels: object, z: Tensor, grid: Optional[LabelGrid], validate
         raise ValueError(f"labels: expected device {z.device} (that of z), got {labels.device}")
     if labels.dtype == torch.bool or labels.is_complex():
         raise TypeError(f"labels: expected real-valued labels, got {labels.dtype}")
-    labels = labels.detach().to(z.dtype)
+    # at least float32: half labels would move by up to 14 levels on a (0, 5000) range before the
+    # targets are built
+    labels = labels.detach().to(torch.promote_types(z.dtype, torch.float32))
     if validate:
         if grid is not None:
             grid.check_labels(labels)
@@ -109,9 +111,16 @@ def _ce_backends(z: Tensor) -> list[str]:
     return impl
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def _ce_dispatch(z: Tensor, codes: Tensor, labels: Tensor, grid: LabelGrid, temperature: float
                  ) -> tuple[Tensor, Tensor]:
     backend = select_backend("encoded_cross_entropy", z.device, _ce_backends(z))
+    if z.dtype in _HALF and backend != "triton":  # Triton reads half and computes in float32 itself;
+        # the PyTorch paths would sum exp * level past float16's 65504 (inf predictions)
+        ce, pred = _ce_dispatch(z.float(), codes.float(), labels, grid, temperature)
+        return ce.to(z.dtype), pred.to(z.dtype)
     lo, step = grid.lo, grid.step
     inv_ts = 1.0 / (temperature * step)
     if backend == "reference":
@@ -220,6 +229,10 @@ def error_correction_penalty(
     label_step = _positive(label_step, "label_step")
     scale = margin / label_step
     backend = select_backend("error_correction_penalty", z.device, _r1_backends(z))
+    if z.dtype in _HALF and backend != "triton":  # torch.cdist has no half kernel on the CPU
+        with use_backend(backend):
+            return error_correction_penalty(z.float(), labels, margin=margin, label_step=label_step,
+                                            validate=False).to(z.dtype)
     if backend == "reference":
         return reference.error_correction_penalty(z, labels, margin, label_step)
     if backend == "cpp":

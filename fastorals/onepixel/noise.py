@@ -12,7 +12,7 @@ from torch import nn
 from ..data.dataset import check_image_batch
 from ..training.loop import make_optimizer, to_float_images
 from .pattern import ShortcutPattern
-from .search import apply_shortcut, search_shortcut
+from .search import _check_values, apply_shortcut, search_shortcut
 
 
 def error_minimizing_noise(
@@ -62,8 +62,18 @@ def error_minimizing_noise(
         >>> x_em = (x.float() / 255 + noise).clamp(0, 1)
     """
     check_image_batch(images)
+    if images.shape[0] == 0:
+        raise ValueError("images: expected at least one image")
+    if images.is_floating_point():  # float data in [0, 255] would be clamped to near-binary images
+        x = images.detach()
+        _check_values(torch.stack([x.amin().double(), x.amax().double(),
+                                   ((x < 0) | (x > 1) | ~torch.isfinite(x)).sum().double()]))
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels: expected an integer tensor [N], got {type(labels).__name__}")
     if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
         raise ValueError(f"labels: expected shape [{images.shape[0]}], got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"labels: expected an integer tensor, got {labels.dtype}")
     if eps <= 0 or step_size <= 0:
         raise ValueError(f"eps/step_size: expected positive values, got eps={eps}, step_size={step_size}")
     if min(pgd_steps, train_steps, batch_size, max_rounds) < 1:
@@ -74,6 +84,9 @@ def error_minimizing_noise(
     x_all = to_float_images(images.to(device))
     y_all = labels.to(device).long()
     K = int(num_classes if num_classes is not None else int(y_all.max()) + 1)
+    if int(y_all.min()) < 0 or int(y_all.max()) >= K:
+        raise ValueError(f"labels: expected class ids in [0, num_classes={K}), got min {int(y_all.min())}, "
+                         f"max {int(y_all.max())}")
     g = torch.Generator().manual_seed(seed)
     N = x_all.shape[0]
     shape = (N, *x_all.shape[1:]) if sample_wise else (K, *x_all.shape[1:])

@@ -142,6 +142,14 @@ def test_noise_bad_args():
         error_minimizing_noise(m, x, y[:3])
     with assert_raises(ValueError, "stop_accuracy"):
         error_minimizing_noise(m, x, y, stop_accuracy=1.5)
+    with assert_raises(ValueError, "images", "[0, 1]", "255"):  # float data in [0, 255] would be clamped to 0/1
+        error_minimizing_noise(m, x.float(), y)
+    with assert_raises(ValueError, "labels", "num_classes=2"):
+        error_minimizing_noise(m, x, y, num_classes=2, sample_wise=False)
+    with assert_raises(TypeError, "labels"):
+        error_minimizing_noise(m, x, y.tolist())
+    with assert_raises(ValueError, "images", "at least one"):
+        error_minimizing_noise(m, x[:0], y[:0])
 
 
 @pytest.mark.interpret
