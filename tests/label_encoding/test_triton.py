@@ -106,3 +106,15 @@ def test_compile_and_half_precision_on_gpu():
         ce, _ = encoded_cross_entropy(z.to(dt), D.to(dt), y, rng)
         ce_32, _ = encoded_cross_entropy(z.to(dt).float(), D.to(dt).float(), y, rng)
         assert_close(ce.float(), ce_32, dtype=dt)
+
+
+def test_half_z_with_float32_labels(triton_device):
+    z, D, y, rng = _data(9, 5, 40, triton_device, seed=3, lo=0.0, hi=5000.0)
+    zh, Dh = z.half(), D.half()
+    with fastorals.use_backend("triton"):
+        ce, pred = encoded_cross_entropy(zh, Dh, y, rng, reduction="none")  # labels stay float32
+        r1 = error_correction_penalty(zh, y, label_step=125.0)
+    ce_32, pred_32 = encoded_cross_entropy(zh.float(), Dh.float(), y, rng, reduction="none")
+    assert_close(ce.float(), ce_32, dtype=torch.float16)
+    assert_close(pred.float(), pred_32, dtype=torch.float16)
+    assert_close(r1.float(), error_correction_penalty(zh.float(), y, label_step=125.0), dtype=torch.float16)
