@@ -160,8 +160,8 @@ def evaluate_in_context(
     if isinstance(num_episodes, bool) or not isinstance(num_episodes, int) or num_episodes < 1:
         raise ValueError(f"evaluate_in_context: num_episodes must be a positive int, got {num_episodes!r}")
     temperature = float(temperature)
-    if not temperature >= 0:
-        raise ValueError(f"evaluate_in_context: temperature must be >= 0, got {temperature}")
+    if not 0 <= temperature < float("inf"):
+        raise ValueError(f"evaluate_in_context: temperature must be a finite number >= 0, got {temperature}")
     if num_envs is not None and num_envs != env.num_envs:
         env = env.with_num_envs(num_envs, seed=seed)
     B, H, L = env.num_envs, env.horizon, c.context

@@ -211,7 +211,8 @@ class LearningHistories:
         """Write an ``.npz`` (atomically: a temporary file renamed into place).
 
         Args:
-            path: destination file (``.npz`` is appended by numpy if missing; give it yourself).
+            path: destination file, written under exactly this name (no ``.npz`` is appended:
+                give the extension yourself).
             compress: zip-deflate the arrays (smaller, slower).
         """
         path = os.fspath(path)

@@ -14,7 +14,7 @@ summed, so a cell never seen as a goal during training still has meaningful coor
 Example:
     >>> model = ADModel(ADConfig(num_actions=5, obs_nvec=(9, 9), context=80))
     >>> logits = model(obs, prev_actions, prev_rewards, prev_dones)       # (B, 80, 5)
-    >>> loss = model.loss(obs_window, actions_window, rewards_window, prev)  # NLL of the actions
+    >>> nll, acc = model.loss(obs, actions, prev_actions, prev_rewards, prev_dones)  # NLL of the actions
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ class ADConfig:
         obs_nvec: sizes of the integer observation components (e.g. ``(9, 9)``); or None with ``obs_dim``.
         obs_dim: width of continuous observations (instead of ``obs_nvec``).
         context: tokens (= steps) the model attends over; the learned position table's size.
-        horizon: steps per episode of the environment (default sliding step of evaluation).
+        horizon: steps per episode of the environment the model is meant for (kept with the
+            configuration in checkpoints; evaluation takes the episode length from the
+            environment it runs, see :func:`default_slide`).
         n_layer, n_head, n_embd: transformer size.
         dropout: residual/embedding dropout.
         attn_dropout: attention-probability dropout.

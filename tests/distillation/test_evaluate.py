@@ -129,8 +129,9 @@ def test_errors():
         evaluate_in_context(m, env, num_episodes=1, slide=7)
     with assert_raises(ValueError, "slide"):
         evaluate_in_context(m, env, num_episodes=1, slide=31)
-    with assert_raises(ValueError, "temperature"):
-        evaluate_in_context(m, env, num_episodes=1, temperature=-1.0)
+    for t in (-1.0, float("inf"), float("nan")):
+        with assert_raises(ValueError, "temperature"):
+            evaluate_in_context(m, env, num_episodes=1, temperature=t)
     with assert_raises(ValueError, "num_episodes"):
         evaluate_in_context(m, env, num_episodes=0)
     with assert_raises(ValueError, "unknown task ids"):
