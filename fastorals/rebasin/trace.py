@@ -369,6 +369,22 @@ class _Analyzer:
                 return False
             self.broadcast(out, self.tensor_args(node))
             return True
+        if base == "_prelu_kernel":  # x * w where x < 0: w arrives viewed to broadcast ([1, C], [C, 1, 1])
+            if not isinstance(out, list) or (out and not isinstance(out[0], _Sym)):
+                return False
+            self.broadcast(out, self.tensor_args(node))
+            return True
+        if base == "prelu":  # w [C] along dim 1 of x (or one shared value)
+            x, w = D(args[0]), D(args[1])
+            if x is None or out is None or not isinstance(out, list) or len(out) != len(x):
+                return False
+            for a, b in zip(x, out):
+                self.uf.unify(a, b)
+            if w is not None and len(w) == 1 and len(x) >= 2 and w[0].size == x[1].size and w[0].size > 1:
+                self.uf.unify(w[0], x[1])
+            elif w is not None:
+                self.freeze_all(w)
+            return True
         if base in _SAME_SHAPE:
             x = D(args[0])
             outs = out if (isinstance(out, list) and out and not isinstance(out[0], _Sym)) else [out]

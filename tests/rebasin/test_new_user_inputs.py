@@ -2,6 +2,8 @@
 permutations that are not permutations, non-finite weights, unlabelled batches for STE, and a
 classifier registered before the hidden layers (REPAIR)."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -83,3 +85,21 @@ def test_repair_leaves_the_layer_run_last(loader):
     head, fc2 = mid.head.weight.clone(), mid.fc2.weight.clone()
     R.repair(mid, a, b, loader, 0.5)
     assert torch.equal(mid.head.weight, head) and not torch.equal(mid.fc2.weight, fc2)  # hidden fc2 repaired
+
+
+@pytest.mark.parametrize("model,x", [
+    (nn.Sequential(nn.Linear(6, 12), nn.PReLU(12), nn.Linear(12, 5)), torch.randn(4, 6)),
+    (nn.Sequential(nn.Linear(6, 12), nn.PReLU(), nn.Linear(12, 5)), torch.randn(4, 6)),
+    (nn.Sequential(nn.Conv2d(3, 8, 3), nn.PReLU(8), nn.Conv2d(8, 4, 3)), torch.randn(2, 3, 7, 7)),
+])
+def test_prelu_is_traced_and_its_weight_permuted_with_the_channels(model, x):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model[1].weight.uniform_(-1, 1)  # distinct slopes: a wrong permutation would show
+    spec = R.trace_permutation_spec(model, x)
+    sd = model.state_dict()
+    p = R.random_permutation(spec, sd, torch.Generator().manual_seed(2))
+    assert p and all(len(v) > 1 for v in p.values())
+    moved = copy.deepcopy(model)
+    moved.load_state_dict(R.apply_permutation(spec, sd, p))
+    assert torch.allclose(moved(x), model(x), atol=1e-5)
