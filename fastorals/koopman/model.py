@@ -323,10 +323,20 @@ def train_skd(
     Returns:
         History: one dict of loss terms per logged step (with "step" and "elapsed_s").
     """
+    if not callable(batches):
+        raise TypeError(f"batches: expected a callable returning an iterable of (B, T, C, H, W) batches "
+                        f"(called once per epoch), got {type(batches).__name__}")
+    for arg, v, least in (("epochs", epochs, 0), ("log_every", log_every, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise ValueError(f"{arg}: expected an int >= {least}, got {v!r}")
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0):
+        raise ValueError(f"max_steps: expected an int >= 0 or None, got {max_steps!r}")
+    hist: list[dict[str, float]] = []
+    if max_steps == 0:
+        return hist
     dev = next(model.parameters()).device
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    hist: list[dict[str, float]] = []
     step = 0
     t0 = time.perf_counter()
     for _ in range(epochs):

@@ -222,3 +222,15 @@ def test_complex_half_eigenvalues_are_computed_in_complex64():
         assert torch.allclose(got, want, atol=1e-5), (backend, float(got), float(want))
     with assert_raises(ValueError, "dynamic_threshold", "finite"):
         eigenvalue_loss(ev, 2, dynamic_threshold=float("inf"))
+
+
+def test_train_skd_arguments():
+    m = StructuredKoopmanAE(k=6, hidden=16, num_static=2, frame_size=(8, 8))
+    before = [p.detach().clone() for p in m.parameters()]
+    batches = lambda: iter([torch.rand(2, 3, 3, 8, 8)])
+    assert train_skd(m, batches, max_steps=0) == []
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))  # no step taken
+    with assert_raises(TypeError, "batches", "callable"):
+        train_skd(m, [torch.rand(2, 3, 3, 8, 8)])
+    with assert_raises(ValueError, "max_steps"):
+        train_skd(m, batches, max_steps=-1)
