@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, Callable, Hashable, Optional, Sequence
@@ -132,6 +133,7 @@ class GraphCache:
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._failed: dict[Hashable, str] = {}
         self._lock = threading.Lock()
+        self._capturing: set = set()  # signatures a thread is capturing now
         self._local = threading.local()  # per-thread depth of disabled() blocks
 
     def __len__(self) -> int:
@@ -177,8 +179,11 @@ class GraphCache:
             return False
         if any(type(t) is not torch.Tensor for t in tensors) or any(t.requires_grad for t in tensors):
             return False
-        if torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
+        if torch.compiler.is_compiling():
             return False
+        with torch.cuda.device(dev):  # the tensors' device may not be the current one
+            if torch.cuda.is_current_stream_capturing():  # inside the caller's own capture: launch into it
+                return False
         return True
 
     def __call__(self, fn: Callable[..., torch.Tensor], tensors: Sequence[torch.Tensor],
@@ -189,13 +194,21 @@ class GraphCache:
             return fn(*tensors)
         layout = _Layout(tensors)
         sig = (key, *layout.sig)
-        with self._lock, torch.cuda.device(tensors[0].device):  # streams, capture and replay on that device
-            out = self._replay(sig, layout, tensors)
-            if out is not None:
-                return out
-            if sig in self._failed:
+        with torch.cuda.device(tensors[0].device):  # streams, capture and replay on that device
+            with self._lock:
+                out = self._replay(sig, layout, tensors)
+                if out is not None:
+                    return out
+                eager = sig in self._failed or sig in self._capturing  # another thread is capturing it
+                if not eager:
+                    self._capturing.add(sig)
+            if eager:
                 return fn(*tensors)
-            return self._capture(sig, layout, fn, tensors)
+            try:  # warm-up and capture outside the lock: other threads keep replaying (and fn may use the cache)
+                return self._capture(sig, layout, fn, tensors)
+            finally:
+                with self._lock:
+                    self._capturing.discard(sig)
 
     def replay(self, tensors: Sequence[torch.Tensor], key: Hashable = ()) -> Optional[torch.Tensor]:
         """The result of a graph already captured for this call (see :meth:`__call__`), else None:
@@ -251,8 +264,15 @@ class GraphCache:
                     out = fn(*statics)
                 finally:
                     graph.capture_end()
-            except Exception as e:  # e.g. an op that cannot be captured: this signature runs eagerly
+            except torch.cuda.OutOfMemoryError:  # transient: a later call may capture it
+                out = None
+            except Exception as e:  # e.g. an op that syncs: this and every later call run eagerly
+                # a capture that ends in an error can leave the caching allocator's capture state
+                # and the graph's private pool behind (older torch): no further captures here
                 self._failed[sig] = f"{type(e).__name__}: {e}"
+                self.enabled = False
+                warnings.warn(f"GraphCache: capture failed ({type(e).__name__}: {e}); this cache runs every call "
+                              "eagerly from now on", RuntimeWarning, stacklevel=3)
                 out = None
         cur.wait_stream(side)
         if result.is_cuda:
@@ -261,7 +281,8 @@ class GraphCache:
             done = torch.cuda.Event()
             done.record(cur)  # the warm-up read the static inputs: a next call waits for it
             entry.graph, entry.out, entry.done = graph, out, done
-            self._entries[sig] = entry
-            while len(self._entries) > self.capacity:
-                self._drop_oldest()
+            with self._lock:
+                self._entries[sig] = entry
+                while len(self._entries) > self.capacity:
+                    self._drop_oldest()
         return result

@@ -1003,6 +1003,12 @@ class BatchAugment(nn.Module):
         b, c, h, w = images.shape
         sp = self.sampler
         dev = _as_generator_device(generator)
+        if dev.type == "cpu" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            # host draws inside the caller's CUDA graph would be frozen into it: every replay of
+            # that graph would apply the same augmentation
+            raise RuntimeError("BatchAugment: called inside a CUDA graph capture with a CPU generator, whose "
+                               "draws would be replayed unchanged; pass generator=torch.Generator('cuda') to "
+                               "draw on the device, or call it outside the captured region")
         levels, n, k = _chain_lengths(strengths, num_ops, sp.max_level, None, dev, batch=b)
         tab = _chain_table(sp.ops, sp.magnitude_mode, sp.strongest, (h, w), sp.max_level, sp.official_max_d, dev)
         table = tab.values().view(-1)  # every value checked against its op's domain when the table was built

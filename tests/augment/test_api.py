@@ -705,3 +705,12 @@ def test_normalize_settings_change_through_set_output():
     revived = augment.BatchAugment.__new__(augment.BatchAugment)
     revived.__setstate__(old)
     assert revived.out_dtype == torch.uint8 and revived.mean is None
+
+
+def test_host_draws_inside_a_cuda_graph_capture_are_refused(monkeypatch):
+    aug = augment.BatchAugment(crop_padding=2)
+    img = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    with assert_raises(RuntimeError, "CUDA graph", "generator"):
+        aug(img, torch.tensor([1, 2]), torch.Generator().manual_seed(0))

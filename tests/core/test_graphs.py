@@ -20,6 +20,7 @@ from fastorals._graphs import GraphCache
 class _FakeGraph:
     capturing: _FakeGraph | None = None
     fail_next = False
+    fail_with: type = RuntimeError
 
     def __init__(self):
         self.replays = []
@@ -33,7 +34,7 @@ class _FakeGraph:
         _FakeGraph.capturing = None
         if _FakeGraph.fail_next:
             _FakeGraph.fail_next = False
-            raise RuntimeError("operation not permitted when stream is capturing")
+            raise _FakeGraph.fail_with("operation not permitted when stream is capturing")
 
     def replay(self):
         self.count += 1
@@ -71,6 +72,7 @@ def fake_cuda(monkeypatch):
     _FakeEvent.log.clear()
     _FakeGraph.capturing = None
     _FakeGraph.fail_next = False
+    _FakeGraph.fail_with = RuntimeError
     return monkeypatch
 
 
@@ -138,11 +140,39 @@ def test_failed_capture_runs_eagerly_from_then_on(fake_cuda):
     cache, calls, fn = _setup()
     _FakeGraph.fail_next = True
     a = torch.ones(3)
-    assert torch.equal(cache(fn, (a, a)), a * 3)
+    with pytest.warns(RuntimeWarning, match="capture failed"):
+        assert torch.equal(cache(fn, (a, a)), a * 3)
     assert len(cache) == 0 and len(cache.failures) == 1
     assert "not permitted" in next(iter(cache.failures.values()))
+    assert not cache.enabled  # a failed capture may leave allocator state behind: no more captures
     b = torch.full((3,), 2.0)
     assert torch.equal(cache(fn, (b, b)), b * 3) and len(calls) == 3  # eager, no second capture
+
+
+def test_out_of_memory_during_capture_is_not_remembered(fake_cuda):
+    cache, calls, fn = _setup()
+    _FakeGraph.fail_next, _FakeGraph.fail_with = True, torch.cuda.OutOfMemoryError
+    a = torch.ones(3)
+    assert torch.equal(cache(fn, (a, a)), a * 3)
+    assert len(cache) == 0 and not cache.failures and cache.enabled
+    cache(fn, (a, a))  # tried again, captured this time
+    assert len(cache) == 1
+
+
+def test_the_function_may_call_the_cache_and_other_threads_are_not_blocked(fake_cuda):
+    import threading
+
+    cache, calls, fn = _setup()
+    inner = lambda x: cache(lambda y: y + 1, (x,), key="inner")  # the lock is not held while fn runs
+    done = []
+
+    def run():
+        done.append(cache(lambda x: inner(x) * 2, (torch.ones(2),), key="outer"))
+
+    t = threading.Thread(target=run, daemon=True)  # a deadlock fails the test instead of hanging it
+    t.start()
+    t.join(10)
+    assert not t.is_alive() and torch.equal(done[0], torch.full((2,), 4.0))
 
 
 def test_disabled_cache_calls_the_function(fake_cuda):
