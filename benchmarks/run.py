@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from fastorals._io import atomic_write
+
 from . import harness, report
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -62,8 +64,7 @@ def _save(base: str, device: str, limits: dict[str, Any], mode: str, t_start: fl
         "elapsed_s": round(time.perf_counter() - t_start, 1),
         "rows": rows,
     }
-    with open(base + ".json", "w") as f:
-        json.dump(doc, f, indent=1)
+    atomic_write(base + ".json", lambda f: json.dump(doc, f, indent=1), text=True)  # Ctrl-C keeps the last rows
     return doc
 
 

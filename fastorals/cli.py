@@ -58,6 +58,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f"fastorals repro: --{flag}: the {args.name} reproduction does not read it (it reads: {reads})",
                       file=sys.stderr)
                 return 2
+            if known is not None and mode not in known.data_modes:
+                print(f"fastorals repro: --{flag}: a {mode} run of {args.name} does not read it (it reads it in "
+                      f"{' and '.join(known.data_modes)} runs)", file=sys.stderr)
+                return 2
             if not os.path.isdir(os.path.expanduser(root)):
                 print(f"fastorals repro: --{flag}: {root!r} is not a directory", file=sys.stderr)
                 return 2
@@ -85,7 +89,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if isinstance(results.get(key), str):
             print(results[key])
     print(json.dumps(_brief(results), indent=1))
-    print(f"[{args.name}] {mode} run took {doc['elapsed_s']} s; wrote {args.out}/{args.name}.json (all results)")
+    where = os.path.join(repro.output_dir(args.out, mode), f"{args.name}.json")
+    print(f"[{args.name}] {mode} run took {doc['elapsed_s']} s; wrote {where} (all results)")
     return 0
 
 

@@ -96,12 +96,20 @@ def _get(d: dict, key: str, path: PathLike) -> Any:
     raise CifarFormatError(f"{path}: expected a key {key!r} in the CIFAR batch, found {sorted(map(str, d))}")
 
 
-def _batch_to_tensors(path: PathLike, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch_to_tensors(path: PathLike, label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise CifarFormatError(f"{path}: expected a CIFAR batch file, found a directory or something else")
     d = safe_load_pickle(path)
     if not isinstance(d, dict):
         raise CifarFormatError(f"{path}: expected a dict in the CIFAR batch, got {type(d).__name__}")
     data = np.asarray(_get(d, "data", path))
-    labels = np.asarray(_get(d, label_key, path), dtype=np.int64)
+    raw = np.asarray(_get(d, label_key, path))
+    if raw.dtype.kind not in "iu" or raw.ndim != 1:  # floats would be cut, bytes would not parse
+        raise CifarFormatError(f"{path}: expected a list of integer {label_key}, got {raw.dtype} {raw.shape}")
+    labels = raw.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise CifarFormatError(f"{path}: {label_key} must lie in [0, {num_classes}), got min {labels.min()}, "
+                               f"max {labels.max()}")
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] % 3 != 0:
         raise CifarFormatError(f"{path}: expected uint8 data of shape [N, 3*H*W], got {data.dtype} {data.shape}")
     side = int(round((data.shape[1] // 3) ** 0.5))
@@ -146,9 +154,13 @@ def load_cifar10(root: PathLike) -> DatasetSplits:
     batches = sorted(f for f in os.listdir(d) if f.startswith("data_batch_"))
     if not batches:
         raise CifarNotFoundError(f"root: no data_batch_* files in {d}")
-    parts = [_batch_to_tensors(os.path.join(d, b), "labels") for b in batches]
+    parts = [_batch_to_tensors(os.path.join(d, b), "labels", 10) for b in batches]
+    test_x, test_y = _batch_to_tensors(os.path.join(d, "test_batch"), "labels", 10)
+    sizes = {tuple(p[0].shape[1:]) for p in parts} | {tuple(test_x.shape[1:])}
+    if len(sizes) > 1:
+        raise CifarFormatError(f"{d}: the batches hold images of different sizes {sorted(sizes)}")
     train = ImageDataset(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
-    test = ImageDataset(*_batch_to_tensors(os.path.join(d, "test_batch"), "labels"))
+    test = ImageDataset(test_x, test_y)
     meta_path = os.path.join(d, "batches.meta")
     names = _names(safe_load_pickle(meta_path), "label_names") if os.path.exists(meta_path) else []
     names = names or [str(i) for i in range(10)]
@@ -162,8 +174,12 @@ def load_cifar100(root: PathLike, coarse: bool = False) -> DatasetSplits:
     if not os.path.isfile(os.path.join(d, "train")):
         raise CifarNotFoundError(f"root: {os.path.join(d, 'train')} is missing (the CIFAR-100 training batch)")
     key = "coarse_labels" if coarse else "fine_labels"
-    train = ImageDataset(*_batch_to_tensors(os.path.join(d, "train"), key))
-    test = ImageDataset(*_batch_to_tensors(os.path.join(d, "test"), key))
+    n = 20 if coarse else 100
+    train = ImageDataset(*_batch_to_tensors(os.path.join(d, "train"), key, n))
+    test = ImageDataset(*_batch_to_tensors(os.path.join(d, "test"), key, n))
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise CifarFormatError(f"{d}: train and test hold images of different sizes "
+                               f"{tuple(train.images.shape[1:])} and {tuple(test.images.shape[1:])}")
     meta_path = os.path.join(d, "meta")
     names = (
         _names(safe_load_pickle(meta_path), "coarse_label_names" if coarse else "fine_label_names")
@@ -180,8 +196,12 @@ def write_cifar_batch(path: PathLike, images: torch.Tensor, labels: torch.Tensor
 
     Useful to save a derived data set (e.g. OPS-perturbed CIFAR) where CIFAR tools read it.
     """
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images: expected uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
+        raise ValueError(f"images: expected uint8 [N, 3, H, W] with N >= 1, got {images.dtype} {tuple(images.shape)}")
+    labels = torch.as_tensor(labels)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or tuple(labels.shape) != (images.shape[0],):
+        raise ValueError(f"labels: expected {images.shape[0]} integer labels (one per image), got "
+                         f"{labels.dtype} {tuple(labels.shape)}")
     d = {
         b"batch_label": b"fastorals",
         b"data": images.reshape(images.shape[0], -1).cpu().numpy(),

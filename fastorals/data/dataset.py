@@ -8,6 +8,8 @@ from typing import Optional, Union
 
 import torch
 
+_MAX_IMPLIED_CLASSES = 1 << 20  # a label past this without class names is almost surely corrupt
+
 
 @dataclass
 class ImageDataset:
@@ -32,9 +34,18 @@ class ImageDataset:
             raise ValueError(
                 f"labels: expected shape [{self.images.shape[0]}] to match images, got {tuple(self.labels.shape)}"
             )
+        if self.labels.dtype.is_floating_point or self.labels.dtype.is_complex or self.labels.dtype == torch.bool:
+            raise TypeError(f"labels: expected integer class ids, got {self.labels.dtype}")
+        lo, hi = (int(v) for v in torch.aminmax(self.labels)) if self.labels.numel() else (0, -1)
+        if lo < 0:
+            raise ValueError(f"labels: expected class ids >= 0, got min {lo}")
+        if self.classes and hi >= len(self.classes):
+            raise ValueError(f"labels: expected class ids in [0, {len(self.classes)}) (one per class name), got max {hi}")
         if not self.classes:
-            k = int(self.labels.max().item()) + 1 if self.labels.numel() else 0
-            self.classes = [str(i) for i in range(k)]
+            if hi >= _MAX_IMPLIED_CLASSES:
+                raise ValueError(f"labels: max label {hi} would imply {hi + 1} classes; pass classes= to confirm "
+                                 "the class names (or check the labels)")
+            self.classes = [str(i) for i in range(hi + 1)]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         yield self.images

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 
+from .._args import int_arg, real
+
 
 def long_tailed_counts(num_classes: int, n_max: int, imbalance_ratio: float) -> list[int]:
     """n_c = floor(n_max * rho^(-c / (C - 1))) for c = 0 ... C-1 (class 0 is the head)."""
-    if num_classes < 1:
-        raise ValueError(f"num_classes: expected >= 1, got {num_classes}")
-    if imbalance_ratio < 1:
-        raise ValueError(f"imbalance_ratio: expected >= 1 (n_max / n_min), got {imbalance_ratio}")
+    num_classes = int_arg(num_classes, "num_classes")
+    n_max = int_arg(n_max, "n_max", 0)
+    rho = real(imbalance_ratio)
+    if rho is None or not 1 <= rho < math.inf:
+        raise ValueError(f"imbalance_ratio: expected a finite number >= 1 (n_max / n_min), got {imbalance_ratio!r}")
     if num_classes == 1:
         return [int(n_max)]
     return [int(n_max * (1.0 / imbalance_ratio) ** (c / (num_classes - 1.0))) for c in range(num_classes)]
@@ -42,13 +46,21 @@ def long_tailed_indices(
     Returns:
         int64 [M] indices into ``labels``, grouped by class in class order.
     """
-    labels = labels.cpu()
+    labels = torch.as_tensor(labels).cpu()
     if labels.dim() != 1:
         raise ValueError(f"labels: expected a 1-D tensor, got shape {tuple(labels.shape)}")
-    C = int(num_classes if num_classes is not None else int(labels.max()) + 1)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"labels: expected integer class ids, got {labels.dtype}")
+    if labels.numel() == 0 and num_classes is None:
+        raise ValueError("labels: empty; pass num_classes (or labels) to build a subset")
+    C = int_arg(num_classes if num_classes is not None else int(labels.max()) + 1, "num_classes")
     if labels.numel() and (labels.min() < 0 or labels.max() >= C):
         raise ValueError(f"labels: expected values in [0, {C}), got [{int(labels.min())}, {int(labels.max())}]")
     per_class = [torch.nonzero(labels == c).flatten() for c in range(C)]
+    empty = [c for c, p in enumerate(per_class) if p.numel() == 0]
+    if empty:
+        raise ValueError(f"labels: classes {empty[:10]} of num_classes={C} have no samples; a long-tailed subset "
+                         "needs every class")
     avail = min(p.numel() for p in per_class)
     n_max = avail if n_max is None else int(n_max)
     counts = long_tailed_counts(C, n_max, imbalance_ratio)

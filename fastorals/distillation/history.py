@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -39,6 +38,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from .._io import atomic_write
 from .algorithms import SourceAlgorithm
 from .envs import VecEnv
 
@@ -224,17 +224,7 @@ class LearningHistories:
             "task_ids": self.task_ids.cpu().long().numpy(), "episodes": self.episodes.cpu().long().numpy(),
             "meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8),
         }
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".hist-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                (np.savez_compressed if compress else np.savez)(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_write(path, lambda f: (np.savez_compressed if compress else np.savez)(f, **arrays))
 
     @classmethod
     def load(cls, path: PathLike, device: Union[str, torch.device, None] = None) -> LearningHistories:

@@ -9,6 +9,8 @@ from typing import Union
 
 import torch
 
+from .._io import atomic_write
+
 MAX_CHANNELS = 12  # 2^C colours per position
 
 # Deviations are summed exactly, in integers, on every backend: uint8 values in units of
@@ -87,8 +89,8 @@ class ShortcutPattern:
 
     def save(self, path: Union[str, os.PathLike[str]]) -> None:
         """Write as JSON (safe to share: no pickle)."""
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f)
+        doc = self.to_dict()
+        atomic_write(path, lambda f: json.dump(doc, f), text=True)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike[str]]) -> ShortcutPattern:

@@ -27,6 +27,8 @@ from typing import Any, Callable
 
 import torch
 
+from .._io import atomic_write
+
 MODES = ("smoke", "quick", "full")
 
 
@@ -36,17 +38,21 @@ class Repro:
     description: str
     fn: Callable[[str, str, int], dict[str, Any]]
     data: tuple[str, ...] = ()  # local data sets it reads when given ("cifar10", "cifar100")
+    data_modes: tuple[str, ...] = MODES  # the modes in which it reads them
 
 
 _REGISTRY: dict[str, Repro] = {}
 
 
-def register(name: str, description: str = "", data: tuple[str, ...] = ()) -> Callable:
+def register(name: str, description: str = "", data: tuple[str, ...] = (),
+             data_modes: tuple[str, ...] = MODES) -> Callable:
     """Decorator registering ``fn(mode, out_dir, seed) -> dict`` as reproduction ``name``;
-    ``data``: the local data sets it reads when given (``"cifar10"``, ``"cifar100"``)."""
+    ``data``: the local data sets it reads when given (``"cifar10"``, ``"cifar100"``), in the
+    modes ``data_modes`` (the CLI refuses a data set a run would not read)."""
 
     def deco(fn: Callable[[str, str, int], dict[str, Any]]) -> Callable:
-        _REGISTRY[name] = Repro(name, description or (fn.__doc__ or "").strip().split("\n")[0], fn, tuple(data))
+        _REGISTRY[name] = Repro(name, description or (fn.__doc__ or "").strip().split("\n")[0], fn, tuple(data),
+                                tuple(data_modes))
         return fn
 
     return deco
@@ -74,13 +80,21 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def output_dir(out_dir: str, mode: str) -> str:
+    """Where a run in ``mode`` writes: ``out_dir``, or ``out_dir/smoke`` for smoke runs (a check
+    of seconds never overwrites the results, plots and models of a quick or full run)."""
+    return os.path.join(out_dir, "smoke") if mode == "smoke" else out_dir
+
+
 def run(name: str, mode: str = "quick", out_dir: str = "repro_out", seed: int = 0) -> dict[str, Any]:
-    """Run reproduction ``name`` and write ``<out_dir>/<name>.json``; returns the results."""
+    """Run reproduction ``name`` and write ``<out_dir>/<name>.json`` (smoke runs: under
+    ``<out_dir>/smoke``, see :func:`output_dir`); returns the results."""
     repros = available()
     if name not in repros:
         raise KeyError(f"name: unknown reproduction {name!r}; available: {', '.join(repros) or 'none'}")
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    out_dir = output_dir(out_dir, mode)
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.perf_counter()
     results = repros[name].fn(mode, out_dir, seed)
@@ -94,8 +108,7 @@ def run(name: str, mode: str = "quick", out_dir: str = "repro_out", seed: int = 
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "results": _jsonable(results),
     }
-    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-        json.dump(doc, f, indent=1)
+    atomic_write(os.path.join(out_dir, f"{name}.json"), lambda f: json.dump(doc, f, indent=1), text=True)
     return doc
 
 

@@ -77,7 +77,8 @@ def _triangular(step: int, total: int, lr: float) -> float:
     return float(np.interp(step, [0, total * 2 // 5, total * 4 // 5, total], [0, lr, lr / 20, 0]))
 
 
-@register("lipschitz", "SLL: clean / certified / PGD-l2 accuracy of a 1-Lipschitz SLL network", data=("cifar10",))
+@register("lipschitz", "SLL: clean / certified / PGD-l2 accuracy of a 1-Lipschitz SLL network", data=("cifar10",),
+          data_modes=("quick", "full"))  # the smoke run's 16 px images are procedural
 def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
     cfg = CONFIGS[mode]
     seed_everything(seed)

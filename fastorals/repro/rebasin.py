@@ -108,7 +108,8 @@ def _plot(results: dict[str, Any], out_dir: str) -> None:
     savefig(fig, out_dir, "rebasin.png")
 
 
-@register("rebasin", "Git Re-Basin: loss barriers before/after weight, activation and STE matching (+ REPAIR)", data=("cifar10",))
+@register("rebasin", "Git Re-Basin: loss barriers before/after weight, activation and STE matching (+ REPAIR)", data=("cifar10",),
+          data_modes=("full",))  # only the full run has the image study
 def run(mode: str, out_dir: str, seed: int) -> dict[str, Any]:
     cfg = CONFIGS[mode]
     t0 = time.perf_counter()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._io import atomic_write
 from ..data.loader import TensorLoader
 from .attacks import pgd_attack
 
@@ -134,7 +134,9 @@ def evaluate(
         correct += int((logits.argmax(1) == y).sum())
         n += y.shape[0]
     model.train(was)
-    return {"loss": tot_loss / max(n, 1), "acc": correct / max(n, 1), "n": n}
+    if n == 0:  # nothing evaluated: no accuracy to report (not 0)
+        return {"loss": float("nan"), "acc": float("nan"), "n": 0}
+    return {"loss": tot_loss / n, "acc": correct / n, "n": n}
 
 
 def _rng_state() -> dict[str, Any]:
@@ -158,17 +160,7 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     """Atomically write ``state`` (write to a temporary file, then rename): a crash mid-save
     never destroys the previous checkpoint."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".ckpt-", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def _is_main_process() -> bool:
@@ -256,7 +248,10 @@ def fit(
         seed_everything(seed)
     device = next(model.parameters()).device
     opt = optimizer or make_optimizer(model, optimizer_name, lr, weight_decay)
-    steps_per_epoch = max(len(train), 1)
+    if len(train) == 0:
+        raise ValueError("train: the loader yields no batches (fewer samples than batch_size with drop_last=True, "
+                         "or an empty data set): nothing would be trained")
+    steps_per_epoch = len(train)
     sched = make_schedule(
         opt, schedule, epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch),
         [int(m * steps_per_epoch) for m in (milestones or [])],
@@ -317,8 +312,10 @@ def fit(
             n += y.shape[0]
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{tot / max(n, 1):.3f}", acc=f"{correct / max(n, 1):.3f}")
-        hist.train_loss.append(tot / max(n, 1))
-        hist.train_acc.append(correct / max(n, 1))
+        if n == 0:
+            raise ValueError(f"train: the loader yielded no batches in epoch {epoch}")
+        hist.train_loss.append(tot / n)
+        hist.train_acc.append(correct / n)
         hist.lr.append(float(opt.param_groups[0]["lr"]))
         if test is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
             ev = evaluate(model, test, loss_fn=loss_fn)

@@ -50,7 +50,7 @@ def test_repro_registry_runs_and_writes_json(tmp_path):
         return {"mode": mode, "seed": seed, "value": torch.tensor(1.5), "nan": float("nan")}
 
     doc = repro.run("_demo_test", "smoke", str(tmp_path), seed=3)
-    saved = json.loads((tmp_path / "_demo_test.json").read_text())
+    saved = json.loads((tmp_path / "smoke" / "_demo_test.json").read_text())  # smoke runs write apart
     assert saved["results"] == {"mode": "smoke", "seed": 3, "value": 1.5, "nan": None}
     assert doc["elapsed_s"] >= 0
     with assert_raises(KeyError, "unknown reproduction"):

@@ -160,3 +160,7 @@ def test_repro_cli_refuses_a_data_option_the_reproduction_does_not_read(tmp_path
     assert "--cifar10" in capsys.readouterr().err
     assert cli.main(["repro", "onepixel", "--smoke", "--out", str(tmp_path), "--cifar100", str(tmp_path)]) == 2
     assert "--cifar100" in capsys.readouterr().err
+    for name, reads in (("lipschitz", "quick and full"), ("rebasin", "full")):  # smoke runs use procedural data
+        assert cli.main(["repro", name, "--smoke", "--out", str(tmp_path), "--cifar10", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert "smoke run" in err and reads in err
