@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from .._args import int_arg
 from .dataset import ImageDataset
 
 
@@ -57,8 +58,12 @@ class TensorLoader:
             raise ValueError("labels: required when inputs is a tensor")
         if inputs.shape[0] != labels.shape[0]:
             raise ValueError(f"labels: {labels.shape[0]} labels for {inputs.shape[0]} inputs")
-        if batch_size < 1:
-            raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        batch_size = int_arg(batch_size, "batch_size")
+        seed = int_arg(seed, "seed", None)
+        if abs(seed) >= 2 ** 43:  # mixed with the epoch into one int64 generator seed
+            raise ValueError(f"seed: expected |seed| < 2**43 (it is mixed with the epoch), got {seed}")
+        if (rank is None) != (world_size is None):
+            raise ValueError(f"rank, world_size: give both or neither, got rank={rank!r}, world_size={world_size!r}")
         if device is not None:
             inputs, labels = inputs.to(device), labels.to(device)
         if rank is None or world_size is None:
@@ -114,7 +119,12 @@ class TensorLoader:
             yield x, y
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "seed": self.seed}
+        return {"epoch": self.epoch, "seed": self.seed, "batch_size": self.batch_size, "num_samples": len(self.labels)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, now in (("batch_size", self.batch_size), ("num_samples", len(self.labels))):
+            saved = state.get(key)  # absent in states saved before they were recorded
+            if saved is not None and int(saved) != now:
+                raise ValueError(f"state_dict: saved for {key}={int(saved)}, this loader has {key}={now}; a resumed run "
+                                 "needs the same batches per epoch (its schedule counts them)")
         self.epoch, self.seed = int(state["epoch"]), int(state["seed"])

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._args import int_arg
 from .._io import atomic_write
 from ..data.loader import TensorLoader
 from .attacks import pgd_attack
@@ -157,6 +158,18 @@ def _set_rng_state(s: dict[str, Any]) -> None:
     random.setstate((3, tuple(int(v) for v in s["python"].tolist()), gauss))
 
 
+def _load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any], path: str) -> None:
+    """Load a checkpoint's optimizer state, refusing one saved by another optimizer type (whose
+    per-parameter state would fail at the first step, or load silently with other meanings)."""
+    saved = state.get("param_groups", [{}])
+    keys_saved = set(saved[0]) if saved else set()
+    keys_now = set(opt.param_groups[0]) if opt.param_groups else set()
+    if keys_saved != keys_now:
+        raise ValueError(f"checkpoint: {path} holds the state of another optimizer (hyper-parameters "
+                         f"{sorted(keys_saved ^ keys_now)} differ); resume with the optimizer it was saved with")
+    opt.load_state_dict(state)
+
+
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     """Atomically write ``state`` (write to a temporary file, then rename): a crash mid-save
     never destroys the previous checkpoint."""
@@ -239,8 +252,8 @@ def fit(
         >>> loader = TensorLoader(x, y, batch_size=128, device="cpu")
         >>> hist = fit(resnet20(), loader, epochs=10, lr=0.1, test=TensorLoader(xt, yt, 512, shuffle=False))
     """
-    if epochs < 0:
-        raise ValueError(f"epochs: expected >= 0, got {epochs}")
+    epochs = int_arg(epochs, "epochs", 0)
+    eval_every = int_arg(eval_every, "eval_every")
     if not isinstance(train, TensorLoader):
         raise TypeError(f"train: expected a fastorals.data.TensorLoader, got {type(train).__name__}")
     loss_fn = loss_fn or F.cross_entropy
@@ -261,8 +274,13 @@ def fit(
     extras = extra_state or {}
     if checkpoint and resume and os.path.exists(checkpoint):
         st = load_checkpoint(checkpoint, map_location=device)
+        missing = [k for k in ("model", "optimizer", "schedule", "loader", "rng", "history")
+                   if not isinstance(st, dict) or k not in st]
+        if missing:
+            raise ValueError(f"checkpoint: {checkpoint} is not a fit checkpoint (missing {missing}); pass another path "
+                             "or resume=False to start over")
         model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
+        _load_optimizer(opt, st["optimizer"], checkpoint)
         sched.load_state_dict(st["schedule"])
         train.load_state_dict(st["loader"])
         for k, obj in extras.items():

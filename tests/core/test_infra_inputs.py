@@ -108,3 +108,32 @@ def test_smoke_runs_write_apart_from_real_runs(tmp_path):
     repro.run("_demo_apart", "quick", str(tmp_path))
     repro.run("_demo_apart", "smoke", str(tmp_path))
     assert (tmp_path / "model.pt").read_text() == "quick" and (tmp_path / "smoke" / "model.pt").read_text() == "smoke"
+
+
+def test_resume_refuses_another_optimizer_batch_size_or_a_foreign_file(tmp_path):
+    ds = data.ImageDataset(torch.zeros(16, 3, 4, 4, dtype=torch.uint8), torch.arange(16) % 2)
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
+
+    ck = str(tmp_path / "ck.pt")
+    training.fit(model(), data.TensorLoader(ds, batch_size=4), 1, checkpoint=ck, progress=False)
+    with assert_raises(ValueError, "checkpoint", "another optimizer"):
+        training.fit(model(), data.TensorLoader(ds, batch_size=4), 2, checkpoint=ck, progress=False,
+                     optimizer_name="adam")
+    with assert_raises(ValueError, "batch_size=4", "batch_size=8"):
+        training.fit(model(), data.TensorLoader(ds, batch_size=8), 2, checkpoint=ck, progress=False)
+    torch.save(model().state_dict(), tmp_path / "plain.pt")
+    with assert_raises(ValueError, "not a fit checkpoint"):
+        training.fit(model(), data.TensorLoader(ds, batch_size=4), 2, checkpoint=str(tmp_path / "plain.pt"),
+                     progress=False)
+    for kw, word in ((dict(eval_every=0), "eval_every"), (dict(epochs=1.5), "epochs")):
+        args = dict(epochs=1)
+        args.update(kw)
+        with assert_raises(ValueError, word):
+            training.fit(model(), data.TensorLoader(ds, batch_size=4), progress=False, **args)
+    for kw, word in ((dict(batch_size=2.5), "batch_size"), (dict(batch_size=True), "batch_size"),
+                     (dict(rank=1), "rank, world_size"), (dict(seed=2 ** 62), "seed")):
+        with assert_raises(ValueError, word):
+            data.TensorLoader(ds, **kw)
