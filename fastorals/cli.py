@@ -38,7 +38,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         i = info(print_it=not args.json)
         if args.json:
-            print(json.dumps(i.as_dict(), indent=1))
+            try:
+                print(json.dumps(i.as_dict(), indent=1), flush=True)
+            except BrokenPipeError:  # e.g. `fastorals info --json | head`: the reader left early
+                sys.stdout = open(os.devnull, "w")
         return 0
 
     from . import repro
@@ -66,12 +69,20 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f"fastorals repro: --{flag}: {root!r} is not a directory", file=sys.stderr)
                 return 2
             roots[var] = root
+    out = os.path.expanduser(args.out)
+    try:
+        if not out:
+            raise NotADirectoryError("empty name")
+        os.makedirs(repro.output_dir(out, mode), exist_ok=True)
+    except OSError as exc:
+        print(f"fastorals repro: --out: cannot use {args.out!r} as the output folder ({exc})", file=sys.stderr)
+        return 2
     from .data import CifarFormatError, CifarNotFoundError
 
     saved = {var: os.environ.get(var) for var in roots}
     os.environ.update(roots)  # the reproductions read their data roots from the environment
     try:
-        doc = repro.run(args.name, mode, args.out, args.seed)
+        doc = repro.run(args.name, mode, out, args.seed)
     except KeyError as exc:
         print(f"fastorals repro: {exc.args[0]}", file=sys.stderr)
         return 2
@@ -89,7 +100,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if isinstance(results.get(key), str):
             print(results[key])
     print(json.dumps(_brief(results), indent=1))
-    where = os.path.join(repro.output_dir(args.out, mode), f"{args.name}.json")
+    where = os.path.join(repro.output_dir(out, mode), f"{args.name}.json")
     print(f"[{args.name}] {mode} run took {doc['elapsed_s']} s; wrote {where} (all results)")
     return 0
 

@@ -137,3 +137,15 @@ def test_resume_refuses_another_optimizer_batch_size_or_a_foreign_file(tmp_path)
                      (dict(rank=1), "rank, world_size"), (dict(seed=2 ** 62), "seed")):
         with assert_raises(ValueError, word):
             data.TensorLoader(ds, **kw)
+
+
+def test_cli_names_an_unusable_out_folder(tmp_path, capsys):
+    from fastorals import cli
+
+    f = tmp_path / "file.txt"
+    f.write_text("keep me")
+    for out in (str(f), str(f / "sub"), ""):
+        assert cli.main(["repro", "onepixel", "--smoke", "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and "Traceback" not in err
+    assert f.read_text() == "keep me"
