@@ -336,6 +336,7 @@ def decode(z: Tensor, codes: Tensor, label_range: RangeLike, mode: str = "expect
     scores = z @ codes
     if mode == "expected":
         return reference.expected_decode(scores, grid.lo, grid.step)
-    if mode == "argmax":
-        return reference.argmax_decode(scores, grid.lo, grid.step)
+    if mode == "argmax":  # a row with NaN scores has no level: NaN, as "expected" gives, not the lowest label
+        pred = reference.argmax_decode(scores, grid.lo, grid.step)
+        return torch.where(torch.isnan(scores).any(1), float("nan"), pred)
     raise ValueError(f"mode: expected 'expected' or 'argmax', got {mode!r}")

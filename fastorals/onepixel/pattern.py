@@ -80,10 +80,28 @@ class ShortcutPattern:
 
     @classmethod
     def from_dict(cls, d: dict) -> ShortcutPattern:
-        scores = torch.tensor([[float("inf") if v is None else v for v in row] for row in d["scores"]],
-                              dtype=torch.float64)
-        p = cls(torch.tensor(d["positions"], dtype=torch.int64), torch.tensor(d["colors"], dtype=torch.uint8),
-                scores, tuple(int(v) for v in d["image_shape"]))
+        """A pattern from :meth:`to_dict`'s layout; a malformed document raises ``ValueError``
+        naming the field (integers stay integers: 1.7 is refused, not cut to 1)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"pattern: expected a JSON object, got {type(d).__name__}")
+        missing = [k for k in ("positions", "colors", "scores", "image_shape") if k not in d]
+        if missing:
+            raise ValueError(f"pattern: missing fields {missing}")
+        try:
+            scores = torch.tensor([[float("inf") if v is None else v for v in row] for row in d["scores"]],
+                                  dtype=torch.float64)
+            pos, col = torch.tensor(d["positions"]), torch.tensor(d["colors"])
+            shape = tuple(d["image_shape"])
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"pattern: malformed field ({exc})") from None
+        for name, t, hi in (("positions", pos, None), ("colors", col, 1)):
+            if t.numel() and (t.dtype.is_floating_point or t.dtype == torch.bool):
+                raise ValueError(f"pattern: {name} must be integers, got {t.dtype}")
+            if t.numel() and (int(t.min()) < 0 or (hi is not None and int(t.max()) > hi)):
+                raise ValueError(f"pattern: {name} out of range (min {int(t.min())}, max {int(t.max())})")
+        if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape):
+            raise ValueError(f"pattern: image_shape must be three positive ints (C, H, W), got {d['image_shape']!r}")
+        p = cls(pos.to(torch.int64), col.to(torch.uint8), scores, shape)
         p.validate()
         return p
 
@@ -110,6 +128,10 @@ class ShortcutPattern:
             raise ValueError(f"pattern: positions outside a {H}x{W} image")
         if K and (self.colors > 1).any():
             raise ValueError("pattern: colors must be 0 or 1 per channel")
+        if K and s > 1:
+            flat = self.positions[..., 0] * W + self.positions[..., 1]
+            if bool((flat.sort(1).values[:, 1:] == flat.sort(1).values[:, :-1]).any()):
+                raise ValueError("pattern: a class lists one pixel position twice")
 
 
 def colour_table(C: int) -> torch.Tensor:

@@ -35,3 +35,13 @@ def test_labels_are_not_rounded_to_half_z():
     assert got.dtype == torch.bfloat16
     err = (got.float() - want).abs().max()
     assert err < 0.01 * want.abs().max() and (rounded - want).abs().max() > 10 * err
+
+
+def test_argmax_decoding_of_nan_outputs_is_nan():
+    from fastorals.label_encoding import decode
+
+    z = torch.tensor([[0.5, -0.5], [float("nan"), 0.0]])
+    D = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    for mode in ("argmax", "expected"):
+        pred = decode(z, D, (0, 2), mode=mode)
+        assert torch.isfinite(pred[0]) and torch.isnan(pred[1]), mode

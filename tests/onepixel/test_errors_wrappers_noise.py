@@ -174,3 +174,23 @@ def test_triton_scores_and_search_equal_reference(triton_device):
             with fastorals.use_backend("triton"):
                 fast = search_shortcut(xin.to(triton_device), y.to(triton_device))
             assert torch.equal(fast.positions, ref.positions) and torch.equal(fast.colors, ref.colors)
+
+
+def test_tampered_pattern_files_name_the_field(tmp_path):
+    import json
+
+    x, y = _tiny_task(16)
+    good = search_shortcut(x, y).to_dict()
+    for change, words in ((lambda d: d["positions"][0][0].__setitem__(0, 1.7), ("positions", "integers")),
+                          (lambda d: d["colors"][0][0].__setitem__(0, 256), ("colors", "range")),
+                          (lambda d: d.__setitem__("image_shape", [3, 8]), ("image_shape",)),
+                          (lambda d: d.pop("scores"), ("missing", "scores"))):
+        d = json.loads(json.dumps(good))
+        change(d)
+        p = tmp_path / "p.json"
+        p.write_text(json.dumps(d))
+        with assert_raises(ValueError, "pattern", *words):
+            ShortcutPattern.load(p)
+    # the untouched document still loads
+    p.write_text(json.dumps(good))
+    assert torch.equal(ShortcutPattern.load(p).positions, search_shortcut(x, y).positions)
