@@ -198,21 +198,26 @@ def test_disabled_is_per_thread_and_nests(fake_cuda):
     inside, release = threading.Event(), threading.Event()
 
     def other():
-        inside.wait()
-        seen["active"] = cache.active
-        cache(fn, (torch.ones(2), torch.ones(2)))  # captures: this thread is not inside disabled()
-        release.set()
+        try:
+            inside.wait(10)
+            seen["active"] = cache.active
+            cache(fn, (torch.ones(2), torch.ones(2)))  # captures: this thread is not inside disabled()
+        finally:
+            release.set()
 
-    t = threading.Thread(target=other)
+    t = threading.Thread(target=other, daemon=True)  # a regression fails the test instead of hanging it
     t.start()
-    with cache.disabled():
+    try:
         with cache.disabled():
-            pass
-        assert not cache.active  # the inner block ending does not re-enable the outer one
+            with cache.disabled():
+                pass
+            assert not cache.active  # the inner block ending does not re-enable the outer one
+            inside.set()
+            release.wait(10)
+            assert not cache.active
+    finally:
         inside.set()
-        release.wait(10)
-        assert not cache.active
-    t.join()
+        t.join(10)
     assert seen["active"] is True and len(cache) == 1 and cache.active
 
 
