@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-__all__ = ["as_int", "as_tensor", "flag", "int_arg", "probability", "real"]
+__all__ = ["as_int", "as_tensor", "check_index_range", "flag", "int_arg", "probability", "real"]
 
 
 def as_int(v: Any) -> Any:
@@ -91,3 +91,12 @@ def as_tensor(x: Any, name: str, dtype: Optional[torch.dtype] = None) -> torch.T
     if t.dtype == torch.uint64:
         raise TypeError(f"{name}: expected a signed (or 8/16/32-bit unsigned) integer dtype, got torch.uint64")
     return t
+
+
+def check_index_range(t: torch.Tensor, name: str, n: int, want: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless every entry of the integer tensor ``t`` lies in
+    ``[0, n)`` (``want`` describes that range to the user). One pass (``aminmax``), one host read."""
+    if t.numel():
+        lo, hi = (int(v) for v in torch.aminmax(t))
+        if lo < 0 or hi >= n:
+            raise ValueError(f"{name} must lie in {want}, got min {lo}, max {hi}")

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._args import check_index_range
 from ..transformer import GPT, GPTConfig
 
 __all__ = ["ADConfig", "ADModel", "shift_history"]
@@ -103,13 +104,6 @@ def shift_history(actions: torch.Tensor, rewards: torch.Tensor, dones: torch.Ten
     return pa, pr, pd
 
 
-def _check_range(arg: str, t: torch.Tensor, n: int, want: str) -> None:
-    if t.numel():
-        lo, hi = (int(v) for v in torch.aminmax(t))
-        if lo < 0 or hi >= n:
-            raise ValueError(f"ADModel: {arg} must lie in {want}, got min {lo}, max {hi}")
-
-
 class ADModel(nn.Module):
     """Causal transformer over across-episode (observation, previous action, previous reward) tokens.
 
@@ -179,11 +173,11 @@ class ADModel(nn.Module):
         if prev_dones.dtype.is_floating_point:
             raise TypeError(f"ADModel: prev_dones must be bool (or 0/1 integers), got dtype {prev_dones.dtype}")
         if obs.device.type != "cuda":  # ranges read on the host: checked off the GPU only (no sync there)
-            _check_range("prev_actions", prev_actions, c.num_actions + 1, f"[0, num_actions={c.num_actions}]")
-            _check_range("prev_dones", prev_dones.long(), 2, "{0, 1}")
+            check_index_range(prev_actions, "ADModel: prev_actions", c.num_actions + 1, f"[0, num_actions={c.num_actions}]")
+            check_index_range(prev_dones.long(), "ADModel: prev_dones", 2, "{0, 1}")
             if c.obs_nvec is not None:
                 for k, n in enumerate(c.obs_nvec):
-                    _check_range(f"obs[..., {k}]", obs[..., k], n, f"[0, obs_nvec[{k}]={n})")
+                    check_index_range(obs[..., k], f"ADModel: obs[..., {k}]", n, f"[0, obs_nvec[{k}]={n})")
 
     def embed(self, obs: torch.Tensor, prev_actions: torch.Tensor, prev_rewards: torch.Tensor,
               prev_dones: torch.Tensor) -> torch.Tensor:

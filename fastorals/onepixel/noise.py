@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._args import check_index_range
 from ..data.dataset import check_image_batch
 from ..training.loop import make_optimizer, to_float_images
+from .ops import value_stats
 from .pattern import ShortcutPattern
 from .search import _check_values, apply_shortcut, search_shortcut
 
@@ -65,9 +67,7 @@ def error_minimizing_noise(
     if images.shape[0] == 0:
         raise ValueError("images: expected at least one image")
     if images.is_floating_point():  # float data in [0, 255] would be clamped to near-binary images
-        x = images.detach()
-        _check_values(torch.stack([x.amin().double(), x.amax().double(),
-                                   ((x < 0) | (x > 1) | ~torch.isfinite(x)).sum().double()]))
+        _check_values(value_stats(images.detach()))
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels: expected an integer tensor [N], got {type(labels).__name__}")
     if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
@@ -84,9 +84,7 @@ def error_minimizing_noise(
     x_all = to_float_images(images.to(device))
     y_all = labels.to(device).long()
     K = int(num_classes if num_classes is not None else int(y_all.max()) + 1)
-    if int(y_all.min()) < 0 or int(y_all.max()) >= K:
-        raise ValueError(f"labels: expected class ids in [0, num_classes={K}), got min {int(y_all.min())}, "
-                         f"max {int(y_all.max())}")
+    check_index_range(y_all, "labels", K, f"[0, num_classes={K})")
     g = torch.Generator().manual_seed(seed)
     N = x_all.shape[0]
     shape = (N, *x_all.shape[1:]) if sample_wise else (K, *x_all.shape[1:])

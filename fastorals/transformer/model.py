@@ -9,7 +9,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from .._args import int_arg, real
+from .._args import check_index_range, int_arg, real
 from .attention import DecodePlan, _check_lens, _decode_attention, _flash_attention
 from .cache import WINDOW_POLICIES, KVCache
 
@@ -302,11 +302,8 @@ class GPT(nn.Module):
         return h
 
     def _check_ids(self, x: torch.Tensor) -> None:
-        if x.numel():
-            lo, hi = (int(t) for t in torch.aminmax(x))  # one pass
-            if lo < 0 or hi >= self.config.vocab_size:
-                raise ValueError(f"GPT: token ids must be in [0, vocab_size={self.config.vocab_size}), "
-                                 f"got min {lo}, max {hi}")
+        v = self.config.vocab_size
+        check_index_range(x, "GPT: token ids", v, f"[0, vocab_size={v})")
 
     def _rope_dtype(self) -> torch.dtype:
         return torch.float64 if self.ln_f.weight.dtype == torch.float64 else torch.float32
