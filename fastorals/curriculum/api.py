@@ -18,7 +18,6 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
-from .._args import as_int as _as_int
 from .._args import flag as _flag
 from .._args import int_arg as _positive_int
 from .._args import probability as _probability
@@ -80,13 +79,8 @@ def _model_dtype(model: Callable) -> Optional[torch.dtype]:
 
 
 def _state_int(state: dict[str, Any], key: str, minimum: Optional[int]) -> int:
-    """``state[key]`` as an int (integer-like values too, see ``_as_int``), at least ``minimum``."""
-    v = _as_int(state[key])
-    if minimum is not None:
-        return _positive_int(v, f"state['{key}']", minimum)
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise ValueError(f"state['{key}']: expected an int, got {v!r}")
-    return v
+    """``state[key]`` as an int (integer-like values too), at least ``minimum`` (None: any)."""
+    return _positive_int(state[key], f"state['{key}']", minimum)
 
 
 class CurriculumAugment:
@@ -184,10 +178,7 @@ class CurriculumAugment:
         self.logit_adjustment = tau
         self.strict_accept = _flag(strict_accept, "strict_accept")
         self.eval_batch_size = None if eval_batch_size is None else _positive_int(eval_batch_size, "eval_batch_size")
-        seed = _as_int(seed)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed: expected an int, got {seed!r}")
-        self.seed = seed
+        self.seed = _positive_int(seed, "seed", None)
         self.process_group = process_group
         self._fraction = accept_fraction(self.accept_rate)
 

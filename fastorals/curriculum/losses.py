@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._args import as_int as _as_int
+from .._args import int_arg
 
 __all__ = [
     "BalancedSoftmaxLoss",
@@ -243,10 +243,7 @@ class LongTailLoss(nn.Module):
         """A call's ``epoch`` (None: the one set), checked."""
         if epoch is None:
             return self.epoch
-        epoch = _as_int(epoch)
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch: expected an int >= 0, got {epoch!r}")
-        return epoch
+        return int_arg(epoch, "epoch", 0)
 
 
 class _DRWMixin:

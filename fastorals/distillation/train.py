@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._args import int_arg
 from ..training import load_checkpoint, save_checkpoint
 from .history import LearningHistories
 from .model import ADConfig, ADModel, shift_history
@@ -186,9 +187,7 @@ def train_ad(
     rank, world = _dist()
     device = next(model.parameters()).device
     amp = device.type == "cuda" if amp is None else bool(amp)
-    if warmup is not None and (isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0):
-        raise ValueError(f"train_ad: warmup must be an int >= 0 or None, got {warmup!r}")
-    warmup = min(500, steps // 10) if warmup is None else warmup
+    warmup = min(500, steps // 10) if warmup is None else int_arg(warmup, "train_ad: warmup (or None)", 0)
     streams = _Streams(histories, device)
 
     decay, no_decay = [], []

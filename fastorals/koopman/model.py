@@ -24,6 +24,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import nn
 
+from .._args import int_arg
 from .api import (
     KoopmanDecomposition,
     KoopmanFit,
@@ -326,11 +327,8 @@ def train_skd(
     if not callable(batches):
         raise TypeError(f"batches: expected a callable returning an iterable of (B, T, C, H, W) batches "
                         f"(called once per epoch), got {type(batches).__name__}")
-    for arg, v, least in (("epochs", epochs, 0), ("log_every", log_every, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < least:
-            raise ValueError(f"{arg}: expected an int >= {least}, got {v!r}")
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0):
-        raise ValueError(f"max_steps: expected an int >= 0 or None, got {max_steps!r}")
+    epochs, log_every = int_arg(epochs, "epochs", 0), int_arg(log_every, "log_every")
+    max_steps = None if max_steps is None else int_arg(max_steps, "max_steps (or None)", 0)
     hist: list[dict[str, float]] = []
     if max_steps == 0:
         return hist
