@@ -120,10 +120,7 @@ class Chains:
         s = torch.ones(b, k, dtype=torch.int8)
         for i, row in enumerate(ops):
             for j, op in enumerate(row):
-                try:
-                    o[i, j] = O.NONE if op is None or (isinstance(op, int) and op == O.NONE) else O.op_id(op)
-                except (ValueError, TypeError) as e:
-                    raise type(e)(f"{e} at [{i}, {j}]") from None
+                o[i, j] = _slot_id(op, i, j)
                 if magnitudes is not None:
                     m[i, j] = float(magnitudes[i][j])
                 if signs is not None:
@@ -131,6 +128,14 @@ class Chains:
                         raise ValueError(f"signs: expected +1 or -1, got {signs[i][j]!r} at [{i}, {j}]")
                     s[i, j] = int(signs[i][j])
         return cls(o, m, s)
+
+
+def _slot_id(op, i: int, j: int, name: str = "") -> int:
+    """The id of chain slot ``[i, j]`` given as a name, an id, -1 or None (an empty slot)."""
+    try:
+        return O.NONE if op is None or (isinstance(op, int) and op == O.NONE) else O.op_id(op)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{name}{e} at [{i}, {j}]") from None
 
 
 def _as_generator_device(generator: Optional[torch.Generator]) -> torch.device:
@@ -643,18 +648,10 @@ def _op_names_to_ids(ops):
     """Nested lists with op names (or None) -> the same lists of ids; anything else unchanged."""
     if isinstance(ops, (list, tuple)) and any(
             isinstance(v, (str, type(None))) for row in ops if isinstance(row, (list, tuple)) for v in row):
-        out = []
         for i, row in enumerate(ops):
             if not isinstance(row, (list, tuple)):
                 raise ValueError(f"ops: expected a [B, K] nested list, got row {i} = {row!r}")
-            ids = []
-            for j, v in enumerate(row):
-                try:
-                    ids.append(O.NONE if v is None or (isinstance(v, int) and v == O.NONE) else O.op_id(v))
-                except (ValueError, TypeError) as e:
-                    raise type(e)(f"ops: {e} at [{i}, {j}]") from None
-            out.append(ids)
-        return out
+        return [[_slot_id(v, i, j, "ops: ") for j, v in enumerate(row)] for i, row in enumerate(ops)]
     return ops
 
 
