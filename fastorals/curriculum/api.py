@@ -28,6 +28,7 @@ from .lol import (
     ClassPool,
     LoLResult,
     _check_labels,
+    _check_levels,
     _check_uint8_images,
     accept_fraction,
     derive_seed,
@@ -236,17 +237,7 @@ class CurriculumAugment:
         return self._num_updates
 
     def _check_levels(self, levels: Any, name: str) -> torch.Tensor:
-        t = levels if isinstance(levels, torch.Tensor) else torch.as_tensor(levels)
-        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-            raise TypeError(f"{name}: expected an integer tensor, got dtype {t.dtype}")
-        if tuple(t.shape) != (self.num_classes,):
-            raise ValueError(f"{name}: expected shape [num_classes={self.num_classes}], got {list(t.shape)}")
-        t = t.to("cpu", torch.int64).clone()
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) > self.max_level):
-            raise ValueError(
-                f"{name}: expected levels in [0, max_level={self.max_level}], got min {int(t.min())}, max {int(t.max())}"
-            )
-        return t
+        return _check_levels(levels, name, self.num_classes, self.max_level)
 
     def _counts_tensor(self, counts: Any) -> torch.Tensor:
         t = counts if isinstance(counts, torch.Tensor) else torch.as_tensor(counts)

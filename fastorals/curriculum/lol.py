@@ -235,7 +235,7 @@ def draw_plan(
     """
     if not isinstance(pool, ClassPool):
         raise TypeError(f"pool: expected a ClassPool, got {type(pool).__name__}")
-    levels = _check_plan_levels(levels, pool.num_classes)
+    levels = _check_levels(levels, "levels", pool.num_classes)
     num_test = _positive_int(num_test, "num_test")
     counts = pool.counts
     sizes = plan_sizes(levels, counts, num_test)
@@ -259,17 +259,20 @@ def draw_plan(
     return LoLPlan(classes, lv, index, chains, draws)
 
 
-def _check_plan_levels(levels: Any, num_classes: int) -> torch.Tensor:
-    """int64 [C] levels >= 0 on the CPU (the caller's table bounds the top)."""
+def _check_levels(levels: Any, name: str, num_classes: int, max_level: Optional[int] = None) -> torch.Tensor:
+    """int64 [C] levels on the CPU (a copy), in ``[0, max_level]`` (None: >= 0, the caller's
+    tables bound the top), else an error naming ``name``."""
     t = levels if isinstance(levels, torch.Tensor) else torch.as_tensor(levels)
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        raise TypeError(f"levels: expected an integer tensor, got dtype {t.dtype}")
+        raise TypeError(f"{name}: expected an integer tensor, got dtype {t.dtype}")
     if tuple(t.shape) != (num_classes,):
-        raise ValueError(f"levels: expected shape [num_classes={num_classes}] (one per class of the pool), "
-                         f"got {list(t.shape)}")
-    t = t.to("cpu", torch.int64)
-    if t.numel() and int(t.min()) < 0:
-        raise ValueError(f"levels: expected levels >= 0, got min {int(t.min())}")
+        raise ValueError(f"{name}: expected shape [num_classes={num_classes}], got {list(t.shape)}")
+    t = t.to("cpu", torch.int64).clone()
+    if t.numel():
+        lo, hi = (int(v) for v in torch.aminmax(t))
+        if lo < 0 or (max_level is not None and hi > max_level):
+            want = ">= 0" if max_level is None else f"in [0, max_level={max_level}]"
+            raise ValueError(f"{name}: expected levels {want}, got min {lo}, max {hi}")
     return t
 
 
