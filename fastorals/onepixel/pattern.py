@@ -129,8 +129,8 @@ class ShortcutPattern:
         if K and (self.colors > 1).any():
             raise ValueError("pattern: colors must be 0 or 1 per channel")
         if K and s > 1:
-            flat = self.positions[..., 0] * W + self.positions[..., 1]
-            if bool((flat.sort(1).values[:, 1:] == flat.sort(1).values[:, :-1]).any()):
+            flat = (self.positions[..., 0] * W + self.positions[..., 1]).sort(1).values
+            if bool((flat[:, 1:] == flat[:, :-1]).any()):
                 raise ValueError("pattern: a class lists one pixel position twice")
 
 
