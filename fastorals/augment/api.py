@@ -138,6 +138,15 @@ def _slot_id(op, i: int, j: int, name: str = "") -> int:
         raise type(e)(f"{name}{e} at [{i}, {j}]") from None
 
 
+def _refuse_host_draws_in_capture(dev: torch.device, who: str) -> None:
+    """Host draws inside the caller's CUDA graph capture would be frozen into it (every replay
+    of that graph would apply the same augmentation): refused before anything is drawn."""
+    if dev.type == "cpu" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(f"{who}: called inside a CUDA graph capture with a CPU generator, whose draws would be "
+                           "replayed unchanged; pass generator=torch.Generator('cuda') to draw on the device, or "
+                           "call it outside the captured region")
+
+
 def _as_generator_device(generator: Optional[torch.Generator]) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 
@@ -887,6 +896,7 @@ def batch_augment(
         (torch.float32, torch.Size([128, 3, 32, 32]))
     """
     _check_images(images)
+    _refuse_host_draws_in_capture(_as_generator_device(generator), "batch_augment")
     b, _, h, w = images.shape
     d = draw_pipeline(b, h, w, crop_padding=crop_padding, flip_prob=flip_prob, cutout=cutout, generator=generator)
     return apply_chains(images, ops, magnitudes, signs, crop=d.crop, flip=d.flip, cutout=d.cutout,
@@ -1000,12 +1010,7 @@ class BatchAugment(nn.Module):
         b, c, h, w = images.shape
         sp = self.sampler
         dev = _as_generator_device(generator)
-        if dev.type == "cpu" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-            # host draws inside the caller's CUDA graph would be frozen into it: every replay of
-            # that graph would apply the same augmentation
-            raise RuntimeError("BatchAugment: called inside a CUDA graph capture with a CPU generator, whose "
-                               "draws would be replayed unchanged; pass generator=torch.Generator('cuda') to "
-                               "draw on the device, or call it outside the captured region")
+        _refuse_host_draws_in_capture(dev, "BatchAugment")
         levels, n, k = _chain_lengths(strengths, num_ops, sp.max_level, None, dev, batch=b)
         tab = _chain_table(sp.ops, sp.magnitude_mode, sp.strongest, (h, w), sp.max_level, sp.official_max_d, dev)
         table = tab.values().view(-1)  # every value checked against its op's domain when the table was built

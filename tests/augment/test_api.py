@@ -714,3 +714,5 @@ def test_host_draws_inside_a_cuda_graph_capture_are_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     with assert_raises(RuntimeError, "CUDA graph", "generator"):
         aug(img, torch.tensor([1, 2]), torch.Generator().manual_seed(0))
+    with assert_raises(RuntimeError, "batch_augment", "CUDA graph"):  # the same draws through the functional API
+        augment.batch_augment(img, [[7], [7]], [[0.0], [0.0]], None, torch.Generator(), crop_padding=2)
